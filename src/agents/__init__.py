@@ -1,0 +1,2 @@
+"""Agents; importing registers them."""
+from src.agents import baselines, ppo  # noqa: F401

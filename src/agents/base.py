@@ -1,0 +1,30 @@
+"""The one interface every agent shares: fit, act, save, load."""
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+MetricLogger = Callable[[dict[str, float], int], None]  # (metrics, step) -> None
+
+
+class Agent:
+    """Maps observations to discrete actions (indices into the env's ``levels``).
+
+    ``act`` takes ``market`` (N, window_size, n_features) and ``account`` (N, 2) float32 tensors
+    and returns (N,) int64 action indices; it must not look at anything else.
+    """
+
+    name = "agent"
+
+    def fit(self, train_env, log: MetricLogger) -> None:
+        """Learn from ``train_env`` (a batched TradingEnv). Baselines learn nothing."""
+
+    def act(self, market: torch.Tensor, account: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def save(self, path: Path) -> Path | None:
+        """Write a checkpoint to ``path``; returns it, or None for agents without parameters."""
+        return None
+
+    def load(self, path: Path) -> None:
+        raise ValueError(f"agent {self.name!r} has no parameters to load from {path}")

@@ -1,0 +1,2 @@
+"""Trading envs; importing registers them."""
+from src.envs import torchrl_env  # noqa: F401

@@ -1,0 +1,91 @@
+"""``TradingEnv``: N kernel envs as one batched TorchRL ``EnvBase`` (batch_size=[N]).
+
+Observation keys: ``market`` (N, window_size, n_features) float32 and ``account`` (N, 2) float32
+(position as a fraction of equity, log equity). Action: ``action`` (N,) int64, an index into
+``levels`` (target position fractions). Tensors share memory with the kernel's numpy arrays;
+only the outputs handed to TorchRL are copied.
+"""
+import numpy as np
+import pandas as pd
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.data import Categorical, Composite, Unbounded
+from torchrl.envs import EnvBase
+
+from src.envs.market import VectorMarket
+from src.registry import register
+
+OHLCV = ["$open", "$high", "$low", "$close", "$volume"]
+
+
+def feature_columns(df: pd.DataFrame) -> list[str]:
+    """The observation columns of ``df``: every column that is not raw OHLCV."""
+    return [c for c in df.columns if c not in OHLCV]
+
+
+def action_levels(allow_short: bool, max_leverage: float) -> np.ndarray:
+    """Target position fractions the discrete actions map to: (flat, long) or (short, flat, long)."""
+    levels = [-1.0, 0.0, 1.0] if allow_short else [0.0, 1.0]
+    return np.asarray(levels) * max_leverage
+
+
+class TradingEnv(EnvBase):
+    """Batched TorchRL env over ``VectorMarket``; resets only the envs TorchRL asks to reset."""
+
+    def __init__(self, market: VectorMarket, levels: np.ndarray):
+        super().__init__(batch_size=torch.Size([market.num_envs]), device="cpu")
+        self.market = market
+        self.levels = torch.as_tensor(levels, dtype=torch.float64)
+        n, w, f = market.obs.shape
+        self._obs = torch.from_numpy(market.obs)  # shares memory with the kernel's buffers
+        self._account = torch.from_numpy(market.account)
+        self._reward = torch.from_numpy(market.reward)
+        self._terminated = torch.from_numpy(market.terminated)
+        self._truncated = torch.from_numpy(market.truncated)
+        self.observation_spec = Composite(
+            market=Unbounded((n, w, f), dtype=torch.float32),
+            account=Unbounded((n, 2), dtype=torch.float32),
+            shape=(n,),
+        )
+        self.action_spec = Categorical(len(levels), shape=(n,), dtype=torch.int64)
+        self.reward_spec = Unbounded((n, 1), dtype=torch.float32)
+        self.done_spec = Composite(
+            done=Categorical(2, (n, 1), dtype=torch.bool),
+            terminated=Categorical(2, (n, 1), dtype=torch.bool),
+            truncated=Categorical(2, (n, 1), dtype=torch.bool),
+            shape=(n,),
+        )
+
+    def _observation(self) -> dict:
+        return {"market": self._obs.clone(), "account": self._account.clone()}
+
+    def _reset(self, tensordict: TensorDictBase | None, **kwargs) -> TensorDictBase:
+        mask = None
+        if tensordict is not None and "_reset" in tensordict.keys():
+            mask = tensordict["_reset"].reshape(-1).numpy()
+        self.market.reset(mask)
+        done = torch.zeros(self.batch_size + (1,), dtype=torch.bool)
+        return TensorDict({**self._observation(), "done": done, "terminated": done.clone(),
+                           "truncated": done.clone()}, batch_size=self.batch_size)
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        targets = self.levels[tensordict["action"]].numpy()
+        self.market.step(targets)
+        terminated = self._terminated.unsqueeze(-1).clone()
+        truncated = self._truncated.unsqueeze(-1).clone()
+        return TensorDict({**self._observation(), "reward": self._reward.unsqueeze(-1).clone(),
+                           "done": terminated | truncated, "terminated": terminated,
+                           "truncated": truncated}, batch_size=self.batch_size)
+
+    def _set_seed(self, seed: int | None) -> None:
+        self.market.seed(0 if seed is None else seed)
+
+
+@register("env", "vectorized")
+def build_trading_env(cfg, df: pd.DataFrame, seed: int, num_envs: int | None = None) -> TradingEnv:
+    """A ``TradingEnv`` over ``df`` from the ``env`` config group (``num_envs`` overrides)."""
+    market = VectorMarket(
+        df, feature_columns(df), num_envs or cfg.num_envs, cfg.window_size, cfg.transaction_fee,
+        cfg.slippage_bps, cfg.episode_length, cfg.equity_floor, seed=seed,
+    )
+    return TradingEnv(market, action_levels(cfg.allow_short, cfg.max_leverage))

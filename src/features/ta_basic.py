@@ -1,0 +1,72 @@
+"""A dozen TA-Lib indicators, scale-free, each a function of bars <= t only.
+
+Indicators that live on the price scale (MACD, ATR) are divided by the close so the features of a
+$10 and a $10,000 market are comparable.
+"""
+import numpy as np
+import pandas as pd
+import talib
+
+from src.features.normalize import normalize
+from src.registry import register
+
+
+def ta_basic_features(df: pd.DataFrame) -> pd.DataFrame:
+    """$-prefixed indicator columns on ``df``'s index (NaN during each indicator's warm-up)."""
+    open_, high, low, close, volume = (df[c].to_numpy(dtype=float) for c in
+                                       ["$open", "$high", "$low", "$close", "$volume"])
+    macd, macd_signal, macd_hist = talib.MACD(close, 12, 26, 9)
+    upper, middle, lower = talib.BBANDS(close, 20, 2.0, 2.0)
+    stoch_k, stoch_d = talib.STOCH(high, low, close, 14, 3, 0, 3, 0)
+    columns = {
+        "$logret_1": np.log(close / np.r_[np.nan, close[:-1]]),
+        "$range_1": (high - low) / close,
+        "$body_1": (close - open_) / close,
+        "$rsi_14": talib.RSI(close, 14),
+        "$macd_12_26_9": macd / close,
+        "$macdsignal_12_26_9": macd_signal / close,
+        "$macdhist_12_26_9": macd_hist / close,
+        "$sma_ratio_20": close / talib.SMA(close, 20) - 1.0,
+        "$ema_ratio_50": close / talib.EMA(close, 50) - 1.0,
+        "$bbands_pctb_20": (close - lower) / (upper - lower),
+        "$natr_14": talib.NATR(high, low, close, 14),
+        "$adx_14": talib.ADX(high, low, close, 14),
+        "$cci_14": talib.CCI(high, low, close, 14),
+        "$mfi_14": talib.MFI(high, low, close, volume, 14),
+        "$willr_14": talib.WILLR(high, low, close, 14),
+        "$roc_10": talib.ROC(close, 10),
+        "$stoch_k_14": stoch_k,
+        "$stoch_d_14": stoch_d,
+        "$volume_ratio_20": volume / talib.SMA(volume, 20),
+    }
+    return pd.DataFrame(columns, index=df.index)
+
+
+class FeatureSet:
+    """Turns OHLCV into normalised features, dropping warm-up rows (the count is kept)."""
+
+    def __init__(self, compute, normalize_cfg):
+        self.compute = compute
+        self.normalize_cfg = normalize_cfg
+        self.warmup_rows = 0
+
+    def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
+        """``df`` (OHLCV) -> OHLCV + feature columns, from the first row where all are defined."""
+        features = normalize(self.compute(df), self.normalize_cfg)
+        features = features.replace([np.inf, -np.inf], np.nan)
+        valid = features.notna().all(axis=1).to_numpy()
+        if not valid.any():
+            raise ValueError(f"no row has every feature defined: {len(df)} bars are too few "
+                             "for the indicators' warm-up; use a longer history")
+        self.warmup_rows = int(np.argmax(valid))
+        out = pd.concat([df, features], axis=1).iloc[self.warmup_rows:]
+        holes = out[features.columns].isna().any(axis=1).to_numpy()
+        if holes.any():  # a NaN after warm-up means bad input, never fill it from the future
+            row = int(np.flatnonzero(holes)[0])
+            raise ValueError(f"feature NaN after warm-up at {out.index[row]}; check the input bars")
+        return out
+
+
+@register("features", "ta_basic")
+def build_ta_basic(cfg) -> FeatureSet:
+    return FeatureSet(ta_basic_features, cfg.normalize)

@@ -1,0 +1,2 @@
+"""Scenario injectors; importing registers them."""
+from src.scenarios import injectors  # noqa: F401

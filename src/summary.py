@@ -1,0 +1,30 @@
+"""The end-of-run comparison: a rich table on the terminal and the same numbers as JSON."""
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+COLUMNS = [  # (metric key, header, format)
+    ("total_return", "Total return", "{:+.2%}"),
+    ("sharpe", "Sharpe", "{:+.2f}"),
+    ("sortino", "Sortino", "{:+.2f}"),
+    ("max_drawdown", "Max drawdown", "{:.2%}"),
+    ("trades", "Trades", "{:.0f}"),
+]
+
+
+def summary_table(metrics_by_agent: dict[str, dict[str, float]], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("Agent", style="bold")
+    for _, header, _ in COLUMNS:
+        table.add_column(header, justify="right")
+    for agent, metrics in metrics_by_agent.items():
+        table.add_row(agent, *(fmt.format(metrics[key]) for key, _, fmt in COLUMNS))
+    return table
+
+
+def report(metrics_by_agent: dict[str, dict[str, float]], title: str, json_path: Path) -> None:
+    """Print the comparison table and write every metric of every agent to ``json_path``."""
+    Console().print(summary_table(metrics_by_agent, title))
+    json_path.write_text(json.dumps({"title": title, "agents": metrics_by_agent}, indent=2))

@@ -1,0 +1,57 @@
+"""MLflow helpers: where runs go, the flattened config as params (secrets removed)."""
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import mlflow
+from omegaconf import DictConfig, OmegaConf
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow_runs/mlflow.db"
+ARTIFACT_ROOT = "mlflow_runs/artifacts"
+SECRET_MARKERS = ("key", "secret", "password", "token", "credential")
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    """``mlflow.tracking_uri`` from the config, else $MLFLOW_TRACKING_URI, else the local sqlite."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def flatten_params(cfg: DictConfig) -> dict[str, str]:
+    """Resolved config as ``{"agent.lr": "0.0003", ...}``, without any secret-looking field."""
+    flat: dict[str, str] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            name = prefix[:-1]
+            if not any(marker in name.lower() for marker in SECRET_MARKERS):
+                flat[name] = str(node)[:500]
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+def _experiment_id(name: str) -> str:
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if mlflow.get_tracking_uri().startswith("sqlite:"):
+        os.makedirs(ARTIFACT_ROOT, exist_ok=True)
+        location = "file://" + os.path.abspath(ARTIFACT_ROOT)
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+@contextmanager
+def mlflow_run(cfg: DictConfig, run_name: str) -> Iterator[mlflow.ActiveRun]:
+    """Open the run for this job; a failing job is recorded as FAILED, never left half-open."""
+    uri = tracking_uri(cfg.mlflow.tracking_uri)
+    if uri.startswith("sqlite:///"):
+        os.makedirs(os.path.dirname(os.path.abspath(uri.removeprefix("sqlite:///"))), exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(experiment_id=_experiment_id(cfg.mlflow.experiment),
+                          run_name=run_name) as run:
+        mlflow.log_params(flatten_params(cfg))
+        yield run

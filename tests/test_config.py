@@ -1,0 +1,80 @@
+"""Every option of every config group composes and builds through the registry."""
+from pathlib import Path
+
+import pytest
+from hydra.errors import MissingConfigException
+
+from src import registry
+from src.data.synthetic import synthetic_ohlcv
+from tests.conftest import ROOT, compose_config
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+
+
+def group_options() -> list[tuple[str, str]]:
+    return [(group, option) for group in registry.GROUPS for option in options(group)]
+
+
+@pytest.fixture(scope="module")
+def csv_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "bars.csv"
+    df = synthetic_ohlcv(600, seed=1)
+    df.columns = [c.lstrip("$") for c in df.columns]
+    df.rename_axis("timestamp").to_csv(path)
+    return path
+
+
+def build_all(cfg, market_df):
+    """Build one component of every group from ``cfg``."""
+    registry.build("resources", cfg.resources)
+    raw = registry.build("data", cfg.data)
+    assert list(raw.columns[:5]) == ["$open", "$high", "$low", "$close", "$volume"]
+    features = registry.build("features", cfg.features)(raw)
+    assert all(c.startswith("$") for c in features.columns)
+    env = registry.build("env", cfg.env, market_df, seed=0, num_envs=4)
+    agent = registry.build("agent", cfg.agent, env, seed=0)
+    td = env.reset()
+    actions = agent.act(td["market"], td["account"])
+    assert actions.shape == (4,)
+    registry.build("backtest", cfg.backtest, cfg.env, env.levels.numpy())
+    registry.build("scenario", cfg.scenario)
+
+
+@pytest.mark.parametrize(("group", "option"), group_options())
+def test_every_group_option_composes_and_builds(group, option, csv_file, market_df):
+    overrides = [f"{group}={option}", "data.n_bars=600" if option != "csv" else f"data.path={csv_file}"]
+    if group == "data" and option == "csv":
+        overrides = [f"data=csv", f"data.path={csv_file}"]
+    cfg = compose_config(overrides)
+    assert cfg[group].name == option or group in {"env", "backtest", "resources"}
+    registry.validate(cfg)
+    build_all(cfg, market_df)
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml")))
+def test_every_experiment_composes(experiment, market_df):
+    cfg = compose_config([f"experiment={experiment}"])
+    registry.validate(cfg)
+    build_all(cfg, market_df)
+
+
+def test_experiment_overrides_defaults():
+    cfg = compose_config(["experiment=quick"])
+    assert cfg.data.n_bars == 3000 and cfg.agent.total_frames == 16384
+
+
+def test_unknown_component_name_lists_valid_names():
+    cfg = compose_config(["agent.name=sac"])
+    with pytest.raises(registry.UnknownComponentError) as error:
+        registry.validate(cfg)
+    message = str(error.value)
+    assert "'sac'" in message and "buy_and_hold, ppo, random" in message
+
+
+def test_unknown_config_option_lists_options():
+    with pytest.raises(MissingConfigException, match="buy_and_hold"):
+        compose_config(["agent=sac"])
+    with pytest.raises(MissingConfigException, match="quick"):
+        compose_config(["experiment=nope"])

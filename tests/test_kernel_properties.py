@@ -1,0 +1,129 @@
+"""Hypothesis properties of the numba env kernel (through VectorMarket, which only holds arrays)."""
+import numpy as np
+import pandas as pd
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from src.envs.market import VectorMarket
+
+WINDOW = 4
+LEVELS = np.array([-1.0, 0.0, 1.0])
+
+
+def random_market(seed: int, n_bars: int = 64) -> pd.DataFrame:
+    """A small random OHLC path (moves up to ~10% a bar) with two random feature columns."""
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.03, n_bars)))
+    open_ = np.r_[100.0, close[:-1]] * np.exp(rng.normal(0, 0.01, n_bars))
+    df = pd.DataFrame({"$open": open_, "$high": np.maximum(open_, close) * 1.01,
+                       "$low": np.minimum(open_, close) * 0.99, "$close": close,
+                       "$volume": rng.uniform(1, 10, n_bars), "$f1": rng.normal(size=n_bars),
+                       "$f2": rng.normal(size=n_bars)},
+                      index=pd.date_range("2024-01-01", periods=n_bars, freq="h", tz="UTC"))
+    return df
+
+
+def make_market(df, num_envs=1, fee=0.001, slippage_bps=2.0, seed=0, episode_length=10_000):
+    return VectorMarket(df, ["$f1", "$f2"], num_envs, WINDOW, fee, slippage_bps, episode_length,
+                        equity_floor=-np.inf, seed=seed)
+
+
+actions_strategy = st.lists(st.integers(0, 2), min_size=1, max_size=50)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), actions=actions_strategy, fee=st.floats(0, 0.01))
+def test_equity_is_cash_plus_position_value(seed, actions, fee):
+    df = random_market(seed)
+    market = make_market(df, fee=fee)
+    market.reset(start=WINDOW - 1)
+    for action in actions:
+        market.step(LEVELS[[action]])
+        price = df["$close"].iloc[market.t[0]]
+        assert np.isclose(market.equity[0], market.cash[0] + market.units[0] * price, rtol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), n_steps=st.integers(1, 55))
+def test_flat_policy_without_costs_keeps_equity_constant(seed, n_steps):
+    market = make_market(random_market(seed), num_envs=3, fee=0.0, slippage_bps=0.0, seed=seed)
+    market.reset()
+    for _ in range(n_steps):
+        if (market.t >= market.n_bars - 1).any():
+            break
+        market.step(np.zeros(3))
+        assert np.all(market.equity == 1.0) and np.all(market.reward == 0.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), actions=actions_strategy, fee=st.floats(1e-5, 0.02),
+       slippage_bps=st.floats(0, 50))
+def test_costs_never_make_equity_larger(seed, actions, fee, slippage_bps):
+    df = random_market(seed)
+    free, costly = make_market(df, fee=0.0, slippage_bps=0.0), make_market(df, fee=fee, slippage_bps=slippage_bps)
+    free.reset(start=WINDOW - 1)
+    costly.reset(start=WINDOW - 1)
+    for action in actions:
+        free.step(LEVELS[[action]])
+        costly.step(LEVELS[[action]])
+        if free.equity[0] <= 0:  # a wiped-out account: the comparison has no meaning after it
+            break
+        assert costly.equity[0] <= free.equity[0] * (1 + 1e-12)
+        if free.traded_units[0] != 0:
+            assert costly.fee_paid[0] > 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), decision_step=st.integers(0, 40), noise_seed=st.integers(0, 99))
+def test_action_at_t_cannot_see_after_t(seed, decision_step, noise_seed):
+    """Changing every bar after t leaves the observation and decision at t, and the fill at
+    t+1's open, unchanged. The policy trades on the sign of its last feature row."""
+    df = random_market(seed)
+    t = WINDOW - 1 + decision_step
+    future = df.copy()
+    noise = np.random.default_rng(noise_seed).uniform(0.5, 2.0, size=(len(df), 7))
+    future.iloc[t + 1 :] = future.iloc[t + 1 :] * noise[t + 1 :]
+    future.iloc[t + 1, 0] = df.iloc[t + 1, 0]  # the open of t+1 is the fill price: it is not "after t"
+    records = []
+    for frame in (df, future):
+        market = make_market(frame)
+        market.reset(start=WINDOW - 1)
+        for _ in range(decision_step):
+            market.step(LEVELS[[1 + int(np.sign(market.obs[0, -1, 0]))]])
+        decision = LEVELS[[1 + int(np.sign(market.obs[0, -1, 0]))]]
+        observation = market.obs.copy()
+        market.step(decision)
+        records.append((observation, decision, market.fill_price[0], market.traded_units[0]))
+    (obs_a, decision_a, fill_a, units_a), (obs_b, decision_b, fill_b, units_b) = records
+    assert np.array_equal(obs_a, obs_b)
+    assert np.array_equal(decision_a, decision_b)
+    assert fill_a == fill_b and units_a == units_b
+
+
+def test_fill_is_next_bar_open_plus_slippage():
+    df = random_market(0)
+    market = make_market(df, fee=0.001, slippage_bps=10.0)
+    market.reset(start=WINDOW - 1)
+    market.step(np.array([1.0]))
+    assert market.t[0] == WINDOW
+    assert market.fill_price[0] == df["$open"].iloc[WINDOW] * (1 + 10.0 / 1e4)
+    assert np.isclose(market.fee_paid[0], market.traded_units[0] * market.fill_price[0] * 0.001)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_same_seed_gives_identical_trajectory(seed):
+    def trajectory():
+        market = make_market(random_market(seed), num_envs=8, seed=seed, episode_length=7)
+        actions = np.random.default_rng(seed)
+        market.reset()
+        out = []
+        for _ in range(40):
+            market.step(LEVELS[actions.integers(0, 3, size=8)])
+            out.append(np.c_[market.t, market.equity, market.reward, market.units])
+            done = market.terminated | market.truncated
+            if done.any():
+                market.reset(done)
+        return np.stack(out)
+
+    assert np.array_equal(trajectory(), trajectory())
