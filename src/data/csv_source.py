@@ -36,7 +36,8 @@ def read_ohlcv_csv(path: str | Path, timestamp_column: str = "timestamp") -> pd.
     if missing:
         raise DataValidationError(f"{path}: missing column(s) {missing}. Fix: add them to the file.")
     df = pd.DataFrame({c: raw[by_name[c.lstrip("$")]].to_numpy(dtype=float) for c in OHLCV})
-    df.index = _parse_timestamps(raw[by_name[timestamp_column.lower()]], path, timestamp_column)
+    stamps = _parse_timestamps(raw[by_name[timestamp_column.lower()]], path, timestamp_column)
+    df.index = stamps.rename(None)
     return validate_ohlcv(df, source=str(path))
 
 

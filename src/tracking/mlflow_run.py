@@ -7,7 +7,6 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow_runs/mlflow.db"
-ARTIFACT_ROOT = "mlflow_runs/artifacts"
 SECRET_MARKERS = ("key", "secret", "password", "token", "credential")
 
 
@@ -38,10 +37,14 @@ def _experiment_id(name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     location = None
-    if mlflow.get_tracking_uri().startswith("sqlite:"):
-        os.makedirs(ARTIFACT_ROOT, exist_ok=True)
-        location = "file://" + os.path.abspath(ARTIFACT_ROOT)
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):  # artifacts beside the database: mlflow_runs/artifacts
+        location = "file://" + os.path.join(os.path.dirname(_sqlite_path(uri)), "artifacts")
     return mlflow.create_experiment(name, artifact_location=location)
+
+
+def _sqlite_path(uri: str) -> str:
+    return os.path.abspath(uri.removeprefix("sqlite:///"))
 
 
 @contextmanager
@@ -49,7 +52,7 @@ def mlflow_run(cfg: DictConfig, run_name: str) -> Iterator[mlflow.ActiveRun]:
     """Open the run for this job; a failing job is recorded as FAILED, never left half-open."""
     uri = tracking_uri(cfg.mlflow.tracking_uri)
     if uri.startswith("sqlite:///"):
-        os.makedirs(os.path.dirname(os.path.abspath(uri.removeprefix("sqlite:///"))), exist_ok=True)
+        os.makedirs(os.path.dirname(_sqlite_path(uri)), exist_ok=True)
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(experiment_id=_experiment_id(cfg.mlflow.experiment),
                           run_name=run_name) as run:
