@@ -11,7 +11,6 @@ setup: $(STAMP)
 # Reinstall only when the pinned set or the project metadata changes (idempotent).
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c requirements.lock -e ".[dev]"
 	touch $(STAMP)
 

@@ -65,9 +65,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, float]]:
     data = prepare_data(cfg)
     train_env = registry.build("env", cfg.env, data["train"], seed=cfg.seed)
     agent = registry.build("agent", cfg.agent, train_env, seed=cfg.seed)
-    levels = train_env.levels.numpy()
-    backtester = registry.build("backtest", cfg.backtest, cfg.env, levels)
-    n_actions = len(levels)
+    backtester = registry.build("backtest", cfg.backtest, cfg.env, train_env.actions)
+    validation_execution = Execution(cfg.env.transaction_fee, cfg.env.slippage_bps)
     with mlflow_run(cfg, run_name=cfg.run_name):
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -75,10 +74,11 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, float]]:
         if checkpoint:
             agent.load(Path(checkpoint))
         else:
-            agent.fit(train_env, _log_metrics)
+            agent.fit(train_env, _log_metrics,
+                      lambda a: backtester.run(a, data["validation"], validation_execution).metrics)
         contenders = {agent.name: agent}
-        contenders.setdefault("buy_and_hold", BuyAndHold(n_actions))
-        contenders.setdefault("random", RandomAgent(n_actions, cfg.seed))
+        contenders.setdefault("buy_and_hold", BuyAndHold(train_env.actions))
+        contenders.setdefault("random", RandomAgent(train_env.actions, cfg.seed))
         results = {name: backtester.run(a, data["test"], data["test_execution"])
                    for name, a in contenders.items()}
         main = results[agent.name]

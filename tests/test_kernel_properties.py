@@ -4,7 +4,7 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from src.envs.market import VectorMarket
+from src.envs.market import MarketRules, VectorMarket
 
 WINDOW = 4
 LEVELS = np.array([-1.0, 0.0, 1.0])
@@ -23,9 +23,10 @@ def random_market(seed: int, n_bars: int = 64) -> pd.DataFrame:
     return df
 
 
-def make_market(df, num_envs=1, fee=0.001, slippage_bps=2.0, seed=0, episode_length=10_000):
-    return VectorMarket(df, ["$f1", "$f2"], num_envs, WINDOW, fee, slippage_bps, episode_length,
-                        equity_floor=-np.inf, seed=seed)
+def make_market(df, num_envs=1, fee=0.001, slippage_bps=2.0, seed=0, episode_length=10_000,
+                auto_reset=False, **rules):
+    rules = MarketRules(fee, slippage_bps, episode_length, equity_floor=-np.inf, **rules)
+    return VectorMarket(df, ["$f1", "$f2"], num_envs, WINDOW, rules, seed=seed, auto_reset=auto_reset)
 
 
 actions_strategy = st.lists(st.integers(0, 2), min_size=1, max_size=50)
@@ -127,3 +128,60 @@ def test_same_seed_gives_identical_trajectory(seed):
         return np.stack(out)
 
     assert np.array_equal(trajectory(), trajectory())
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), episode_length=st.integers(1, 20))
+def test_auto_reset_in_kernel_matches_explicit_reset(seed, episode_length):
+    """Auto-reset inside the kernel draws the same starts as resetting finished envs from Python."""
+    df = random_market(seed)
+    auto = make_market(df, num_envs=5, seed=seed, episode_length=episode_length, auto_reset=True)
+    manual = make_market(df, num_envs=5, seed=seed, episode_length=episode_length)
+    actions = np.random.default_rng(seed).integers(0, 3, size=(60, 5))
+    auto.reset()
+    manual.reset()
+    for row in actions:
+        auto.step(LEVELS[row])
+        manual.step(LEVELS[row])
+        assert np.array_equal(auto.reward, manual.reward)
+        done = manual.terminated | manual.truncated
+        assert np.array_equal(done, auto.terminated | auto.truncated)
+        manual.reset(done)
+        assert np.array_equal(auto.t, manual.t) and np.array_equal(auto.obs, manual.obs)
+        assert (auto.steps <= episode_length).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), actions=actions_strategy, penalty=st.floats(0, 5))
+def test_drawdown_penalty_never_exceeds_log_return(seed, actions, penalty):
+    df = random_market(seed)
+    plain, penalised = make_market(df), make_market(df, reward="drawdown_penalty", reward_param=penalty)
+    plain.reset(start=WINDOW - 1)
+    penalised.reset(start=WINDOW - 1)
+    for action in actions:
+        plain.step(LEVELS[[action]])
+        penalised.step(LEVELS[[action]])
+        assert penalised.reward[0] <= plain.reward[0] + 1e-7
+        assert penalised.equity[0] == plain.equity[0]  # the reward shapes learning, not fills
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), actions=actions_strategy)
+def test_differential_sharpe_is_finite(seed, actions):
+    market = make_market(random_market(seed), reward="differential_sharpe", reward_param=0.05)
+    market.reset(start=WINDOW - 1)
+    for action in actions:
+        market.step(LEVELS[[action]])
+        assert np.isfinite(market.reward[0])
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), nudges=st.lists(st.floats(-0.049, 0.049), min_size=1, max_size=30))
+def test_targets_inside_rebalance_band_never_trade(seed, nudges):
+    market = make_market(random_market(seed), rebalance_threshold=0.05)
+    market.reset(start=WINDOW - 1)
+    market.step(np.array([0.5]))
+    units = market.units[0]
+    for nudge in nudges:
+        market.step(np.array([0.5 + nudge]))
+        assert market.traded_units[0] == 0.0 and market.units[0] == units

@@ -8,16 +8,17 @@ MetricLogger = Callable[[dict[str, float], int], None]  # (metrics, step) -> Non
 
 
 class Agent:
-    """Maps observations to discrete actions (indices into the env's ``levels``).
+    """Maps observations to actions of the env's ``ActionSpace`` (src/envs/actions.py).
 
     ``act`` takes ``market`` (N, window_size, n_features) and ``account`` (N, 2) float32 tensors
-    and returns (N,) int64 action indices; it must not look at anything else.
+    and returns N actions; it must not look at anything else.
     """
 
     name = "agent"
 
-    def fit(self, train_env, log: MetricLogger) -> None:
-        """Learn from ``train_env`` (a batched TradingEnv). Baselines learn nothing."""
+    def fit(self, train_env, log: MetricLogger, evaluate=None) -> None:
+        """Learn from ``train_env`` (a batched TradingEnv); ``evaluate(agent)`` returns validation
+        metrics for model selection. Baselines learn nothing."""
 
     def act(self, market: torch.Tensor, account: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

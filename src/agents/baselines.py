@@ -2,19 +2,20 @@
 import torch
 
 from src.agents.base import Agent
+from src.envs.actions import ActionSpace
 from src.registry import register
 
 
 class BuyAndHold(Agent):
-    """Always the largest target position (the last level): long from the first bar on."""
+    """Always the largest long target: long from the first bar on."""
 
     name = "buy_and_hold"
 
-    def __init__(self, n_actions: int):
-        self.long = n_actions - 1
+    def __init__(self, actions: ActionSpace):
+        self.actions = actions
 
     def act(self, market: torch.Tensor, account: torch.Tensor) -> torch.Tensor:
-        return torch.full((market.shape[0],), self.long, dtype=torch.int64)
+        return self.actions.longest(market.shape[0])
 
 
 class RandomAgent(Agent):
@@ -22,19 +23,19 @@ class RandomAgent(Agent):
 
     name = "random"
 
-    def __init__(self, n_actions: int, seed: int):
-        self.n_actions = n_actions
+    def __init__(self, actions: ActionSpace, seed: int):
+        self.actions = actions
         self.generator = torch.Generator().manual_seed(seed)
 
     def act(self, market: torch.Tensor, account: torch.Tensor) -> torch.Tensor:
-        return torch.randint(self.n_actions, (market.shape[0],), generator=self.generator)
+        return self.actions.sample(market.shape[0], self.generator)
 
 
 @register("agent", "buy_and_hold")
 def build_buy_and_hold(cfg, env, seed: int) -> BuyAndHold:
-    return BuyAndHold(env.action_spec.space.n)
+    return BuyAndHold(env.actions)
 
 
 @register("agent", "random")
 def build_random(cfg, env, seed: int) -> RandomAgent:
-    return RandomAgent(env.action_spec.space.n, cfg.seed)
+    return RandomAgent(env.actions, cfg.seed)

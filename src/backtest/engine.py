@@ -1,5 +1,5 @@
 """Out-of-sample backtest: one env of the training kernel walked bar by bar over the test split."""
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -7,8 +7,9 @@ import torch
 
 from src.agents.base import Agent
 from src.backtest.metrics import compute_metrics
+from src.envs.actions import ActionSpace
 from src.envs.market import VectorMarket
-from src.envs.torchrl_env import feature_columns
+from src.envs.torchrl_env import feature_columns, market_rules
 from src.registry import register
 
 
@@ -32,15 +33,17 @@ class Execution:
 
 
 class Backtester:
-    def __init__(self, cfg, env_cfg, levels: np.ndarray):
-        self.cfg, self.env_cfg, self.levels = cfg, env_cfg, levels
+    def __init__(self, cfg, env_cfg, actions: ActionSpace):
+        self.cfg, self.env_cfg, self.actions = cfg, env_cfg, actions
 
     def run(self, agent: Agent, df: pd.DataFrame, execution: Execution) -> BacktestResult:
         """Walk ``agent`` over ``df``: its first ``window_size - 1`` bars are history only; the
         first decision is at the close of bar ``window_size - 1``, the first fill one bar later."""
         window = self.env_cfg.window_size
-        market = VectorMarket(df, feature_columns(df), 1, window, execution.transaction_fee,
-                              execution.slippage_bps, episode_length=len(df), equity_floor=0.0)
+        rules = replace(market_rules(self.env_cfg), transaction_fee=execution.transaction_fee,
+                        slippage_bps=execution.slippage_bps, episode_length=len(df),
+                        equity_floor=0.0)
+        market = VectorMarket(df, feature_columns(df), 1, window, rules)
         market.reset(start=window - 1)
         market_obs, account_obs = torch.from_numpy(market.obs), torch.from_numpy(market.account)
         n_steps = len(df) - window
@@ -49,7 +52,7 @@ class Backtester:
         fills = []
         for k in range(1, n_steps + 1):
             action = agent.act(market_obs, account_obs)
-            market.step(self.levels[action.numpy()])
+            market.step(self.actions.to_targets(action))
             equity[k], positions[k] = market.equity[0], market.account[0, 0]
             if market.traded_units[0] != 0.0:
                 fills.append((df.index[market.t[0]], market.traded_units[0], market.fill_price[0],
@@ -69,5 +72,5 @@ class Backtester:
 
 
 @register("backtest", "default")
-def build_backtester(cfg, env_cfg, levels: np.ndarray) -> Backtester:
-    return Backtester(cfg, env_cfg, levels)
+def build_backtester(cfg, env_cfg, actions: ActionSpace) -> Backtester:
+    return Backtester(cfg, env_cfg, actions)

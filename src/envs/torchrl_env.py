@@ -1,18 +1,18 @@
 """``TradingEnv``: N kernel envs as one batched TorchRL ``EnvBase`` (batch_size=[N]).
 
 Observation keys: ``market`` (N, window_size, n_features) float32 and ``account`` (N, 2) float32
-(position as a fraction of equity, log equity). Action: ``action`` (N,) int64, an index into
-``levels`` (target position fractions). Tensors share memory with the kernel's numpy arrays;
-only the outputs handed to TorchRL are copied.
+(position as a fraction of equity, log equity). ``action``: see ``src/envs/actions.py``. Tensors
+share memory with the kernel's numpy arrays; only the outputs handed to TorchRL are copied.
+Finished envs are reset by TorchRL's partial ``_reset`` mask, which the numba reset kernel applies.
 """
-import numpy as np
 import pandas as pd
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-from src.envs.market import VectorMarket
+from src.envs.actions import ActionSpace
+from src.envs.market import MarketRules, VectorMarket
 from src.registry import register
 
 OHLCV = ["$open", "$high", "$low", "$close", "$volume"]
@@ -23,19 +23,12 @@ def feature_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c not in OHLCV]
 
 
-def action_levels(allow_short: bool, max_leverage: float) -> np.ndarray:
-    """Target position fractions the discrete actions map to: (flat, long) or (short, flat, long)."""
-    levels = [-1.0, 0.0, 1.0] if allow_short else [0.0, 1.0]
-    return np.asarray(levels) * max_leverage
-
-
 class TradingEnv(EnvBase):
     """Batched TorchRL env over ``VectorMarket``; resets only the envs TorchRL asks to reset."""
 
-    def __init__(self, market: VectorMarket, levels: np.ndarray):
+    def __init__(self, market: VectorMarket, actions: ActionSpace):
         super().__init__(batch_size=torch.Size([market.num_envs]), device="cpu")
-        self.market = market
-        self.levels = torch.as_tensor(levels, dtype=torch.float64)
+        self.market, self.actions = market, actions
         n, w, f = market.obs.shape
         self._obs = torch.from_numpy(market.obs)  # shares memory with the kernel's buffers
         self._account = torch.from_numpy(market.account)
@@ -47,7 +40,7 @@ class TradingEnv(EnvBase):
             account=Unbounded((n, 2), dtype=torch.float32),
             shape=(n,),
         )
-        self.action_spec = Categorical(len(levels), shape=(n,), dtype=torch.int64)
+        self.action_spec = actions.spec(n)
         self.reward_spec = Unbounded((n, 1), dtype=torch.float32)
         self.done_spec = Composite(
             done=Categorical(2, (n, 1), dtype=torch.bool),
@@ -69,8 +62,7 @@ class TradingEnv(EnvBase):
                            "truncated": done.clone()}, batch_size=self.batch_size)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        targets = self.levels[tensordict["action"]].numpy()
-        self.market.step(targets)
+        self.market.step(self.actions.to_targets(tensordict["action"]))
         terminated = self._terminated.unsqueeze(-1).clone()
         truncated = self._truncated.unsqueeze(-1).clone()
         return TensorDict({**self._observation(), "reward": self._reward.unsqueeze(-1).clone(),
@@ -81,11 +73,19 @@ class TradingEnv(EnvBase):
         self.market.seed(0 if seed is None else seed)
 
 
+def market_rules(cfg) -> MarketRules:
+    """The kernel's rules from the ``env`` config group."""
+    return MarketRules(cfg.transaction_fee, cfg.slippage_bps, cfg.episode_length,
+                       cfg.equity_floor, cfg.rebalance_threshold, cfg.reward, cfg.reward_param)
+
+
+def action_space(cfg) -> ActionSpace:
+    return ActionSpace(cfg.action_space, cfg.allow_short, cfg.max_leverage)
+
+
 @register("env", "vectorized")
 def build_trading_env(cfg, df: pd.DataFrame, seed: int, num_envs: int | None = None) -> TradingEnv:
     """A ``TradingEnv`` over ``df`` from the ``env`` config group (``num_envs`` overrides)."""
-    market = VectorMarket(
-        df, feature_columns(df), num_envs or cfg.num_envs, cfg.window_size, cfg.transaction_fee,
-        cfg.slippage_bps, cfg.episode_length, cfg.equity_floor, seed=seed,
-    )
-    return TradingEnv(market, action_levels(cfg.allow_short, cfg.max_leverage))
+    market = VectorMarket(df, feature_columns(df), num_envs or cfg.num_envs, cfg.window_size,
+                          market_rules(cfg), seed=seed)
+    return TradingEnv(market, action_space(cfg))
