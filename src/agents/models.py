@@ -6,12 +6,22 @@ import torch
 from torch import nn
 
 
-def _mlp(width: int, hidden_sizes: list[int], out_dim: int) -> nn.Sequential:
-    layers = []
-    for hidden in hidden_sizes:
-        layers += [nn.Linear(width, hidden), nn.Tanh()]
-        width = hidden
-    return nn.Sequential(*layers, nn.Linear(width, out_dim))
+class _Head(nn.Module):
+    """MLP over [x, account]; the first layer is split so the inputs are never concatenated
+    (W [x; a] = W_x x + W_a a, without copying the wide ``x``)."""
+
+    def __init__(self, width: int, hidden_sizes: list[int], out_dim: int):
+        super().__init__()
+        first, *rest = list(hidden_sizes) + [out_dim]
+        self.x_in, self.account_in = nn.Linear(width, first), nn.Linear(2, first, bias=False)
+        layers, width = [], first
+        for hidden in rest:
+            layers += [nn.Tanh(), nn.Linear(width, hidden)]
+            width = hidden
+        self.rest = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, account: torch.Tensor) -> torch.Tensor:
+        return self.rest(self.x_in(x) + self.account_in(account))
 
 
 class WindowMLP(nn.Module):
@@ -20,10 +30,10 @@ class WindowMLP(nn.Module):
     def __init__(self, window_size: int, n_features: int, hidden_sizes: list[int], out_dim: int,
                  **_):
         super().__init__()
-        self.net = _mlp(window_size * n_features + 2, hidden_sizes, out_dim)
+        self.head = _Head(window_size * n_features, hidden_sizes, out_dim)
 
     def forward(self, market: torch.Tensor, account: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([market.flatten(-2), account], dim=-1))
+        return self.head(market.flatten(-2), account)
 
 
 class WindowConv1d(nn.Module):
@@ -36,14 +46,12 @@ class WindowConv1d(nn.Module):
             nn.Conv1d(n_features, channels, kernel_size, padding=kernel_size // 2), nn.Tanh(),
             nn.Conv1d(channels, channels, kernel_size, stride=2, padding=kernel_size // 2), nn.Tanh(),
         )
-        conv_width = channels * ((window_size + 1) // 2)
-        self.head = _mlp(conv_width + 2, hidden_sizes, out_dim)
+        self.head = _Head(channels * ((window_size + 1) // 2), hidden_sizes, out_dim)
 
     def forward(self, market: torch.Tensor, account: torch.Tensor) -> torch.Tensor:
         batch = market.shape[:-2]
         x = market.reshape(-1, *market.shape[-2:]).transpose(-1, -2)  # (B, features, window)
-        x = self.conv(x).flatten(-2).reshape(*batch, -1)
-        return self.head(torch.cat([x, account], dim=-1))
+        return self.head(self.conv(x).flatten(-2).reshape(*batch, -1), account)
 
 
 NETWORKS = {"mlp": WindowMLP, "conv1d": WindowConv1d}

@@ -87,14 +87,15 @@ class PPOAgent(Agent):
         steps_per_epoch = cfg.frames_per_batch // cfg.minibatch_size
         best = _BestPolicy(cfg.patience)
         frames, start = 0, time.perf_counter()
-        with _progress() as progress:
+        with _progress(cfg.progress) as progress:
             task = progress.add_task("PPO training", total=cfg.total_frames)
             for iteration, batch in enumerate(collector, start=1):
                 frames += batch.numel()
-                for _ in range(cfg.num_epochs):
-                    with torch.no_grad():
-                        advantage(batch)
-                    buffer.extend(batch.reshape(-1))
+                for epoch in range(cfg.num_epochs):
+                    if epoch == 0 or cfg.recompute_advantage:
+                        with torch.no_grad():
+                            advantage(batch)
+                        buffer.extend(batch.exclude("next").reshape(-1))  # the loss needs no next obs
                     for _ in range(steps_per_epoch):
                         losses = loss_fn(buffer.sample())
                         total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
@@ -173,9 +174,9 @@ def _check_batch_sizes(cfg, num_envs: int) -> None:
                          f"agent.minibatch_size={cfg.minibatch_size}")
 
 
-def _progress() -> Progress:
+def _progress(enabled: bool) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("frames"), TimeRemainingColumn())
+                    TextColumn("frames"), TimeRemainingColumn(), disable=not enabled)
 
 
 @register("agent", "ppo")

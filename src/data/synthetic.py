@@ -1,6 +1,7 @@
 """A seeded synthetic OHLCV market: Markov trend/volatility regimes, Student-t returns, volume."""
 import numpy as np
 import pandas as pd
+from scipy.signal import lfilter
 
 from src.data.validate import validate_ohlcv
 from src.registry import register
@@ -29,13 +30,21 @@ def synthetic_ohlcv(
     start_price: float = 100.0,
     tail_df: float = 4.0,
     regime_persistence: float = 0.995,
+    signal: float = 0.0,
 ) -> pd.DataFrame:
-    """``n_bars`` bars of $open $high $low $close $volume on a UTC index, identical for one seed."""
+    """``n_bars`` bars of $open $high $low $close $volume on a UTC index, identical for one seed.
+
+    ``signal`` plants a learnable pattern: close-to-close log returns follow
+    r_t = signal * r_{t-1} + e_t (momentum for signal > 0), so the last bar's return, which every
+    feature set can see at t, predicts the next one. 0 = no planted signal.
+    """
+    if not -1.0 < signal < 1.0:
+        raise ValueError(f"data.signal={signal} must be in (-1, 1)")
     rng = np.random.default_rng(seed)
     regime = _regime_path(n_bars, regime_persistence, rng)
     drift, vol = REGIMES[regime, 0], REGIMES[regime, 1]
     shocks = rng.standard_t(tail_df, size=n_bars) / np.sqrt(tail_df / (tail_df - 2))
-    log_returns = drift + vol * shocks
+    log_returns = lfilter([1.0], [1.0, -signal], drift + vol * shocks)
     close = start_price * np.exp(np.cumsum(log_returns))
     gap = vol * 0.1 * rng.standard_normal(n_bars)  # overnight-style move from last close to open
     open_ = np.r_[start_price, close[:-1]] * np.exp(gap)
@@ -60,4 +69,5 @@ def load_synthetic(cfg) -> pd.DataFrame:
         start_price=cfg.start_price,
         tail_df=cfg.tail_df,
         regime_persistence=cfg.regime_persistence,
+        signal=cfg.signal,
     )

@@ -19,7 +19,7 @@ MIN_EQUITY = 1e-12  # equity is clamped here inside the log reward when an env i
 LOG_RETURN, DIFFERENTIAL_SHARPE, DRAWDOWN_PENALTY = 0, 1, 2
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _xorshift(state: np.ndarray, i: int) -> np.uint64:
     """Advance env i's xorshift64* generator; returns the next 64-bit draw."""
     x = state[i]
@@ -30,16 +30,20 @@ def _xorshift(state: np.ndarray, i: int) -> np.uint64:
     return x * np.uint64(2685821657736338717)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _write_obs(i, t, features, window, units, close, equity, obs, account):
-    """obs[i] = features[t-window+1 .. t] (window, F); account[i] = (position fraction, log equity)."""
+    """obs[i] = the window of feature rows t-window+1 .. t; account[i] = (position fraction,
+    log equity). ``features`` is the (T, F) matrix flattened row-major and ``obs`` the
+    (N, window, F) buffer viewed as (N, window * F), so the window is one contiguous copy."""
     safe_equity = max(equity[i], MIN_EQUITY)
-    obs[i, :, :] = features[t - window + 1 : t + 1, :]
+    width = obs.shape[1]
+    first = (t - window + 1) * (width // window)
+    obs[i, :] = features[first : first + width]
     account[i, 0] = units[i] * close[t] / safe_equity
     account[i, 1] = np.log(safe_equity)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _reset_env(i, start, features, close, window, t, cash, units, held, equity, steps, stats,
                obs, account):
     """Env i starts at bar ``start`` with all cash (1.0), no position and fresh reward stats."""
@@ -55,13 +59,13 @@ def _reset_env(i, start, features, close, window, t, cash, units, held, equity, 
     _write_obs(i, start, features, window, units, close, equity, obs, account)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _draw_start(rng_state, i, low, high):
     """A start bar uniform in [low, high) from env i's own generator."""
     return low + np.int64(_xorshift(rng_state, i) % np.uint64(max(high - low, 1)))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def reset_envs(mask, starts, features, close, window, t, cash, units, held, equity, steps, stats,
                obs, account):
     """Reset every env with ``mask[i]`` at bar ``starts[i]``."""
@@ -71,7 +75,7 @@ def reset_envs(mask, starts, features, close, window, t, cash, units, held, equi
                        steps, stats, obs, account)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def sample_starts(rng_state, mask, low, high, starts):
     """For each env with ``mask[i]``, a start bar uniform in [low, high)."""
     for i in range(mask.shape[0]):
@@ -79,7 +83,7 @@ def sample_starts(rng_state, mask, low, high, starts):
             starts[i] = _draw_start(rng_state, i, low, high)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _reward(kind, param, previous_equity, new_equity, stats, i):
     """The step's reward; updates env i's reward statistics."""
     log_return = np.log(max(new_equity, MIN_EQUITY) / max(previous_equity, MIN_EQUITY))
@@ -100,7 +104,7 @@ def _reward(kind, param, previous_equity, new_equity, stats, i):
     return log_return
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def step_envs(targets, open_, close, features, window, transaction_fee, slippage, episode_length,
               equity_floor, rebalance_threshold, reward_kind, reward_param, auto_reset, rng_state,
               start_low, start_high, t, cash, units, held, equity, steps, stats, obs, account,

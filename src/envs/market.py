@@ -63,6 +63,8 @@ class VectorMarket:
         self.fill_price, self.traded_units, self.fee_paid = (np.zeros(n) for _ in range(3))
         self.obs = np.zeros((n, window_size, len(feature_columns)), np.float32)
         self.account = np.zeros((n, 2), np.float32)
+        self._flat_features = self.features.reshape(-1)  # views for the kernel's contiguous copy
+        self._flat_obs = self.obs.reshape(n, -1)
         self.rng_state = np.zeros(n, np.uint64)
         self.seed(seed)
 
@@ -84,17 +86,17 @@ class VectorMarket:
             if not self.window - 1 <= start < self.n_bars - 1:
                 raise ValueError(f"start bar {start} outside [{self.window - 1}, {self.n_bars - 1})")
             self.starts[mask] = start
-        kernels.reset_envs(mask, self.starts, self.features, self.close, self.window, self.t,
+        kernels.reset_envs(mask, self.starts, self._flat_features, self.close, self.window, self.t,
                            self.cash, self.units, self.held, self.equity, self.steps, self.stats,
-                           self.obs, self.account)
+                           self._flat_obs, self.account)
 
     def step(self, targets: np.ndarray) -> None:
         """Move every env one bar towards ``targets`` (N,) float64, fractions of equity."""
         rules = self.rules
         kernels.step_envs(
-            targets, self.open, self.close, self.features, self.window, rules.transaction_fee,
+            targets, self.open, self.close, self._flat_features, self.window, rules.transaction_fee,
             rules.slippage_bps / 1e4, rules.episode_length, rules.equity_floor,
             rules.rebalance_threshold, REWARDS[rules.reward], rules.reward_param, self.auto_reset,
             self.rng_state, self.start_low, self.start_high, self.t, self.cash, self.units,
-            self.held, self.equity, self.steps, self.stats, self.obs, self.account, self.reward,
+            self.held, self.equity, self.steps, self.stats, self._flat_obs, self.account, self.reward,
             self.terminated, self.truncated, self.fill_price, self.traded_units, self.fee_paid)
