@@ -20,6 +20,7 @@ from src.backtest.engine import Execution
 from src.backtest.plots import save_plots
 from src.splits import split_bounds, with_history
 from src.summary import report
+from src.tracking import listeners
 from src.tracking.mlflow_run import mlflow_run
 
 
@@ -57,7 +58,8 @@ def prepare_data(cfg: DictConfig) -> dict[str, pd.DataFrame | Execution]:
 
 
 def run(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, float]]:
-    """Run one job described by ``cfg``; returns {agent name: test metrics}."""
+    """Run one job described by ``cfg``; returns {agent name: test metrics, "validation":
+    validation metrics of the run's agent (what sweeps select on)}."""
     started = time.perf_counter()
     registry.validate(cfg)
     registry.build("resources", cfg.resources)
@@ -82,6 +84,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, float]]:
         results = {name: backtester.run(a, data["test"], data["test_execution"])
                    for name, a in contenders.items()}
         main = results[agent.name]
+        validation = backtester.run(agent, data["validation"], validation_execution).metrics
+        mlflow.log_metrics({f"val/{k}": v for k, v in validation.items()})
         mlflow.log_metrics({f"test/{k}": v for k, v in main.metrics.items()})
         for name, result in results.items():
             if name != agent.name:
@@ -102,17 +106,20 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, float]]:
         for path in artifacts:
             mlflow.log_artifact(str(path))
         mlflow.log_metric("run_seconds", time.perf_counter() - started)
-    return metrics
+    return {**metrics, "validation": validation}
 
 
 def _log_metrics(metrics: dict[str, float], step: int) -> None:
     mlflow.log_metrics(metrics, step=step)
+    listeners.notify(metrics, step)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> dict[str, float]:
+    """Returns the run's validation and test metrics as {"val/sharpe": ..., "test/sharpe": ...}."""
     metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    return metrics[cfg.agent.name]["sharpe"]
+    return {**{f"val/{k}": v for k, v in metrics["validation"].items()},
+            **{f"test/{k}": v for k, v in metrics[cfg.agent.name].items()}}
 
 
 if __name__ == "__main__":

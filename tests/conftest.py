@@ -1,6 +1,9 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
@@ -11,10 +14,11 @@ from src import registry
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def compose_config(overrides: list[str] | None = None) -> DictConfig:
-    """The run's config as ``python -m src.run OVERRIDES`` would compose it."""
+def compose_config(overrides: list[str] | None = None, hydra: bool = False) -> DictConfig:
+    """The run's config as ``python -m src.run OVERRIDES`` would compose it (with the ``hydra``
+    node when ``hydra``)."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=overrides or [], return_hydra_config=False)
+        return compose("config", overrides=overrides or [], return_hydra_config=hydra)
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +33,17 @@ def _run_from_project_root(monkeypatch):
     monkeypatch.chdir(ROOT)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+           "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run([sys.executable, "-m", "src.run", *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def runs(tmp_path: Path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    return mlflow.search_runs(experiment_names=["rltrade"], output_format="list")

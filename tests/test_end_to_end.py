@@ -3,31 +3,16 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import mlflow
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli, runs
 
 TINY = ["data.n_bars=2500", "agent.total_frames=2048", "agent.frames_per_batch=1024",
         "agent.minibatch_size=512", "env.num_envs=16", "env.episode_length=256"]
 TEST_METRICS = ["total_return", "cagr", "volatility", "sharpe", "sortino", "max_drawdown",
                 "calmar", "trades", "exposure"]
-
-
-def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
-           "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run([sys.executable, "-m", "src.run", *args], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
-def runs(tmp_path: Path):
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    return mlflow.search_runs(experiment_names=["rltrade"], output_format="list")
 
 
 @pytest.mark.slow

@@ -32,7 +32,8 @@ def flatten_params(cfg: DictConfig) -> dict[str, str]:
     return flat
 
 
-def _experiment_id(name: str) -> str:
+def experiment_id(name: str) -> str:
+    """The MLflow experiment ``name``, created (artifacts beside a sqlite store) if missing."""
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
@@ -47,14 +48,24 @@ def _sqlite_path(uri: str) -> str:
     return os.path.abspath(uri.removeprefix("sqlite:///"))
 
 
-@contextmanager
-def mlflow_run(cfg: DictConfig, run_name: str) -> Iterator[mlflow.ActiveRun]:
-    """Open the run for this job; a failing job is recorded as FAILED, never left half-open."""
-    uri = tracking_uri(cfg.mlflow.tracking_uri)
+def use_tracking_uri(configured: str | None = None) -> str:
+    """Point MLflow at ``tracking_uri(configured)``, creating a sqlite store's folder."""
+    uri = tracking_uri(configured)
     if uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(_sqlite_path(uri)), exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(experiment_id=_experiment_id(cfg.mlflow.experiment),
-                          run_name=run_name) as run:
+    return uri
+
+
+@contextmanager
+def mlflow_run(cfg: DictConfig, run_name: str) -> Iterator[mlflow.ActiveRun]:
+    """Open the run for this job; a failing job is recorded as FAILED, never left half-open.
+
+    With ``mlflow.parent_run_id`` set (a sweep), the run is nested under that run."""
+    use_tracking_uri(cfg.mlflow.tracking_uri)
+    parent = cfg.mlflow.get("parent_run_id")
+    tags = {"mlflow.parentRunId": parent} if parent else None
+    with mlflow.start_run(experiment_id=experiment_id(cfg.mlflow.experiment),
+                          run_name=run_name, tags=tags) as run:
         mlflow.log_params(flatten_params(cfg))
         yield run

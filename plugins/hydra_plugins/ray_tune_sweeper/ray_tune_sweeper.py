@@ -1,0 +1,244 @@
+"""``RayTuneSweeper``: a Hydra sweeper that runs each trial of a Ray Tune search as a Hydra job.
+
+Each trial composes the job config from its sampled overrides plus the fixed ones and calls the
+same task function as a single run (``hydra.core.utils.run_job``), under ``hydra.sweep.dir``.
+Trials report intermediate metrics through ``src.tracking.listeners`` (for ASHA) and their final
+metrics from the task's return value. Results: ``optimization_results.yaml`` in the sweep dir,
+a rich table of all trials, and an MLflow parent run whose children are the trials' runs.
+"""
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import mlflow
+import ray
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, run_job, setup_globals
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+from ray import tune
+from rich.console import Console
+from rich.table import Table
+
+from hydra_plugins.ray_tune_sweeper.config import RayTuneSweeperConf
+from hydra_plugins.ray_tune_sweeper.search_space import parse
+
+log = logging.getLogger(__name__)
+
+
+def tune_key(name: str) -> str:
+    """Ray Tune splits nested result keys on '/': report 'val/sharpe' as 'val_sharpe'."""
+    return name.replace("/", "_")
+
+
+def _report_numbers(metrics: Dict[str, Any]) -> Dict[str, float]:
+    return {tune_key(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def _override(key: str, value: Any) -> str:
+    return f"{key}={value}"
+
+
+def _trial(sampled: Dict[str, Any], *, fixed: List[str], hydra_context: HydraContext,
+           config: DictConfig, task_function: TaskFunction, singleton_state: Any,
+           metric: str, parent_run_id: Optional[str]) -> None:
+    """One Ray Tune trial: a Hydra job with the sampled overrides (runs in a Ray worker)."""
+    from src.tracking import listeners  # the project's hook for intermediate metrics
+
+    setup_globals()
+    Singleton.set_state(singleton_state)
+    trial = tune.get_context()
+    overrides = fixed + [_override(k, v) for k, v in sampled.items()]
+    if parent_run_id:
+        overrides.append(f"++mlflow.parent_run_id={parent_run_id}")
+    sweep_config = hydra_context.config_loader.load_sweep_config(config, overrides)
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = trial.get_trial_id()
+        sweep_config.hydra.job.num = int(trial.get_trial_name().rsplit("_", 1)[-1])
+        sweep_config.run_name = f"{sweep_config.run_name}-{trial.get_trial_id()}"
+
+    def report(metrics: Dict[str, float], step: int) -> None:
+        numbers = _report_numbers(metrics)
+        if metric in numbers:  # validation evaluations only: what ASHA compares
+            tune.report({**numbers, "frames": step})
+
+    listeners.add(report)
+    try:
+        result: JobReturn = run_job(hydra_context=hydra_context, task_function=task_function,
+                                    config=sweep_config, job_dir_key="hydra.sweep.dir",
+                                    job_subdir_key="hydra.sweep.subdir")
+        final = _report_numbers(result.return_value)  # re-raises the job's exception
+    finally:
+        listeners.remove(report)
+    if not math.isfinite(final.get(metric, float("nan"))):
+        raise ValueError(f"trial finished without a finite {metric!r}: {final}")
+    tune.report({**final, "trial_completed": True})
+
+
+class RayTuneSweeper(Sweeper):
+    def __init__(self, **kwargs: Any) -> None:
+        self.conf = OmegaConf.structured(RayTuneSweeperConf(**{k: v for k, v in kwargs.items()}))
+        if self.conf.mode not in ("max", "min"):
+            raise ValueError(f"hydra.sweeper.mode={self.conf.mode!r}; valid: max, min")
+        self.hydra_context: Optional[HydraContext] = None
+        self.task_function: Optional[TaskFunction] = None
+        self.config: Optional[DictConfig] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+
+    def sweep(self, arguments: List[str]) -> Any:
+        assert self.config is not None and self.hydra_context is not None
+        conf, config = self.conf, self.config
+        space, fixed = parse(arguments, OmegaConf.to_container(conf.params, resolve=True))
+        if not space:
+            raise ValueError("hydra/sweeper=ray_tune needs at least one sweep override, e.g. "
+                             "agent.lr='tag(log, interval(1e-4, 1e-2))'")
+        sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        storage = Path(conf.storage_path or sweep_dir / "ray_results").absolute()
+        self._start_ray(storage)
+        parent = self._start_parent_run(sweep_dir)
+        trainable = tune.with_parameters(
+            _trial, fixed=fixed, hydra_context=self.hydra_context, config=config,
+            task_function=self.task_function, singleton_state=Singleton.get_state(),
+            metric=conf.metric, parent_run_id=parent)
+        cpus = conf.cpus_per_trial or OmegaConf.select(config, "resources.cpus_per_trial") or 1
+        trainable = tune.with_resources(trainable, {"cpu": cpus})
+        tuner = self._tuner(trainable, space, storage, config)
+        try:
+            grid = tuner.fit()
+            return self._summarise(grid, space, fixed, sweep_dir, parent)
+        finally:
+            mlflow.end_run()
+
+    def _start_ray(self, storage: Path) -> None:
+        if ray.is_initialized():
+            return
+        env = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "PYTHONUNBUFFERED": "1"}
+        os.environ.update(env)
+        if self.conf.ray_address:
+            ray.init(address=self.conf.ray_address, runtime_env={"env_vars": env})
+        else:
+            ray.init(num_cpus=self.conf.num_cpus, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": env}, _node_ip_address="127.0.0.1")
+
+    def _tuner(self, trainable: Any, space: Dict[str, Any], storage: Path,
+               config: DictConfig) -> tune.Tuner:
+        conf = self.conf
+        name = "sweep"
+        if conf.resume and tune.Tuner.can_restore(str(storage / name)):
+            log.info(f"Resuming the sweep stored at {storage / name}")
+            return tune.Tuner.restore(str(storage / name), trainable, resume_unfinished=True,
+                                      resume_errored=False, param_space=space)
+        seed = conf.seed if conf.seed is not None else config.get("seed")
+        tune_config = tune.TuneConfig(
+            metric=conf.metric, mode=conf.mode, num_samples=conf.num_samples,
+            search_alg=self._search_alg(seed), scheduler=self._scheduler(),
+            max_concurrent_trials=conf.max_concurrent_trials)
+        run_config = tune.RunConfig(
+            name=name, storage_path=str(storage), verbose=1,
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False))
+        return tune.Tuner(trainable, param_space=space, tune_config=tune_config,
+                          run_config=run_config)
+
+    def _search_alg(self, seed: Optional[int]) -> Any:
+        if self.conf.search_alg == "random":
+            from ray.tune.search.basic_variant import BasicVariantGenerator
+
+            return BasicVariantGenerator(random_state=seed)
+        if self.conf.search_alg == "optuna":
+            from ray.tune.search.optuna import OptunaSearch
+            import optuna
+
+            return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed))
+        raise ValueError(f"hydra.sweeper.search_alg={self.conf.search_alg!r}; valid: random, optuna")
+
+    def _scheduler(self) -> Any:
+        if self.conf.scheduler == "fifo":
+            return tune.schedulers.FIFOScheduler()
+        if self.conf.scheduler == "asha":
+            return tune.schedulers.ASHAScheduler(time_attr="training_iteration",
+                                                 grace_period=self.conf.grace_period,
+                                                 reduction_factor=self.conf.reduction_factor)
+        raise ValueError(f"hydra.sweeper.scheduler={self.conf.scheduler!r}; valid: fifo, asha")
+
+    def _start_parent_run(self, sweep_dir: Path) -> Optional[str]:
+        """The sweep's MLflow parent run; trials nest under it (tag mlflow.parentRunId)."""
+        from src.tracking.mlflow_run import experiment_id, use_tracking_uri
+
+        config = self.config
+        use_tracking_uri(config.mlflow.tracking_uri)
+        run = mlflow.start_run(experiment_id=experiment_id(config.mlflow.experiment),
+                               run_name=f"sweep-{sweep_dir.name}")
+        mlflow.log_params({"sweep.dir": str(sweep_dir), "sweep.metric": self.conf.metric, "sweep.mode": self.conf.mode,
+                           "sweep.search_alg": self.conf.search_alg,
+                           "sweep.scheduler": self.conf.scheduler,
+                           "sweep.num_samples": self.conf.num_samples})
+        return run.info.run_id
+
+    def _summarise(self, grid: Any, space: Dict[str, Any], fixed: List[str], sweep_dir: Path,
+                   parent_run_id: str) -> Dict[str, Any]:
+        conf = self.conf
+        rows = []
+        for result in grid:
+            metrics = result.metrics or {}
+            config = result.config or metrics.get("config") or {}
+            params = {k: config.get(k, "?") for k in space}
+            error = _last_line(str(result.error)) if result.error else ""
+            stopped = not error and not metrics.get("trial_completed", False)
+            rows.append({"params": params, "value": metrics.get(conf.metric), "error": error,
+                         "stopped": stopped, "trial_id": metrics.get("trial_id")})
+        _mark_stopped_runs(parent_run_id, [r["trial_id"] for r in rows if r["stopped"]])
+        finished = [r for r in rows if r["value"] is not None and not r["error"]]
+        finished.sort(key=lambda r: r["value"], reverse=conf.mode == "max")
+        failed = [r for r in rows if r not in finished]
+        Console().print(_table(finished + failed, list(space), conf.metric))
+        if not finished:
+            raise RuntimeError(f"every trial failed; see {sweep_dir}/ray_results")
+        best = finished[0]
+        results = {"name": "ray_tune", "metric": conf.metric, "mode": conf.mode,
+                   "best_evaluated_params": best["params"], "best_value": best["value"],
+                   "best_overrides": fixed + [_override(k, v) for k, v in best["params"].items()],
+                   "trials": len(rows), "failed_trials": len(failed)}
+        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+        mlflow.log_metrics({f"best_{conf.metric}": best["value"], "trials": len(rows),
+                            "failed_trials": len(failed)})
+        mlflow.log_artifact(str(sweep_dir / "optimization_results.yaml"))
+        return results
+
+
+def _last_line(text: str) -> str:
+    """The exception line of a traceback (its last non-empty line), shortened."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:100] if lines else text[:100]
+
+
+def _mark_stopped_runs(parent_run_id: str, trial_ids: List[str]) -> None:
+    """Trials the scheduler stopped early were interrupted mid-run: mark their MLflow runs KILLED."""
+    if not trial_ids:
+        return
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    for child in children:
+        if any(child.info.run_name.endswith(trial_id) for trial_id in trial_ids):
+            client.set_tag(child.info.run_id, "stopped_by", "scheduler")
+            client.set_terminated(child.info.run_id, "KILLED")
+
+
+def _table(rows: List[Dict[str, Any]], keys: List[str], metric: str) -> Table:
+    table = Table(title=f"Ray Tune trials, best first by {metric}")
+    for key in keys + [metric, "status"]:
+        table.add_column(key, justify="right")
+    for row in rows:
+        value = "-" if row["value"] is None else f"{row['value']:+.4f}"
+        status = (f"FAILED: {row['error']}" if row["error"]
+                  else "stopped early" if row["stopped"] else "completed")
+        table.add_row(*(str(row["params"][k]) for k in keys), value, status)
+    return table
