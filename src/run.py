@@ -3,6 +3,7 @@
 ``python -m src.run [group=option ...] [key=value ...]``; see conf/config.yaml.
 """
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from src import registry
 from src.agents.baselines import BuyAndHold, RandomAgent
 from src.backtest.engine import Execution
 from src.backtest.plots import save_plots
+from src.data.ccxt_source import ExchangeConfigError
+from src.data.validate import DataValidationError
 from src.splits import split_bounds, with_history
 from src.summary import report
 from src.tracking import listeners
@@ -37,6 +40,7 @@ def prepare_data(cfg: DictConfig) -> dict[str, pd.DataFrame | Execution]:
     recomputed on the whole stressed history (they only look back, so train is unchanged).
     """
     raw = registry.build("data", cfg.data)
+    quality = raw.attrs.get("data_quality")
     bounds = split_bounds(len(raw), cfg.split.train, cfg.split.validation)
     featurize = registry.build("features", cfg.features)
     clean = featurize(raw)
@@ -50,6 +54,8 @@ def prepare_data(cfg: DictConfig) -> dict[str, pd.DataFrame | Execution]:
         raise ValueError(f"train split has {val_start} bars after feature warm-up: too few for "
                          f"window_size + episode_length; use more data (data.n_bars)")
     return {
+        "quality": {"data_quality.bars": len(raw), "features.warmup_rows": shift,
+                    **{f"data_quality.{k}": v for k, v in (quality or {}).items()}},
         "train": clean.iloc[:val_start],
         "validation": with_history(clean, val_start, test_start, history),
         "test": with_history(stressed, test_start, len(stressed), history),
@@ -70,6 +76,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, float]]:
     backtester = registry.build("backtest", cfg.backtest, cfg.env, train_env.actions)
     validation_execution = Execution(cfg.env.transaction_fee, cfg.env.slippage_bps)
     with mlflow_run(cfg, run_name=cfg.run_name):
+        mlflow.log_params(data["quality"])
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         checkpoint = cfg.agent.get("checkpoint")
@@ -109,6 +116,10 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, float]]:
     return {**metrics, "validation": validation}
 
 
+USER_ERRORS = (DataValidationError, ExchangeConfigError, registry.UnknownComponentError,
+               FileNotFoundError)
+
+
 def _log_metrics(metrics: dict[str, float], step: int) -> None:
     mlflow.log_metrics(metrics, step=step)
     listeners.notify(metrics, step)
@@ -116,8 +127,15 @@ def _log_metrics(metrics: dict[str, float], step: int) -> None:
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict[str, float]:
-    """Returns the run's validation and test metrics as {"val/sharpe": ..., "test/sharpe": ...}."""
-    metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    """Returns the run's validation and test metrics as {"val/sharpe": ..., "test/sharpe": ...}.
+
+    Bad input (data, config names, exchange settings) ends the run with its message, no traceback.
+    """
+    try:
+        metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
     return {**{f"val/{k}": v for k, v in metrics["validation"].items()},
             **{f"test/{k}": v for k, v in metrics[cfg.agent.name].items()}}
 

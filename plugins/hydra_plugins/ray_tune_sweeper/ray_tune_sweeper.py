@@ -212,6 +212,10 @@ class RayTuneSweeper(Sweeper):
         return results
 
 
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _last_line(text: str) -> str:
     """The exception line of a traceback (its last non-empty line), shortened."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -240,5 +244,5 @@ def _table(rows: List[Dict[str, Any]], keys: List[str], metric: str) -> Table:
         value = "-" if row["value"] is None else f"{row['value']:+.4f}"
         status = (f"FAILED: {row['error']}" if row["error"]
                   else "stopped early" if row["stopped"] else "completed")
-        table.add_row(*(str(row["params"][k]) for k in keys), value, status)
+        table.add_row(*(_short(row["params"][k]) for k in keys), value, status)
     return table

@@ -1,0 +1,185 @@
+"""OHLCV from an exchange through ccxt, with a parquet cache under ``data/raw/``.
+
+The cache file of (exchange, symbol, timeframe) holds every bar fetched so far. A run whose range
+the cache covers touches no network; otherwise only the missing head and tail are fetched and
+merged. Writes are atomic (temp file + rename); an unreadable or mis-shaped cache file is
+reported, discarded and refetched.
+"""
+import logging
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import ccxt
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+from src.data.credentials import exchange_credentials, redact
+from src.data.quality import bar_delta, check_bars
+from src.data.validate import OHLCV, DataValidationError, validate_ohlcv
+from src.registry import register
+
+log = logging.getLogger(__name__)
+RETRYABLE = (ccxt.NetworkError,)  # includes RateLimitExceeded, DDoSProtection, RequestTimeout
+
+
+class ExchangeConfigError(ValueError):
+    """A bad exchange id, symbol or timeframe; the message lists the valid ones."""
+
+
+def cache_path(cache_dir: str | Path, exchange: str, symbol: str, timeframe: str) -> Path:
+    safe_symbol = re.sub(r"[^A-Za-z0-9]+", "-", symbol).strip("-")
+    return Path(cache_dir) / exchange / safe_symbol / f"{timeframe}.parquet"
+
+
+def read_cache(path: Path) -> pd.DataFrame | None:
+    """The cached bars, or None when there is no usable cache (a bad file is reported)."""
+    if not path.is_file():
+        return None
+    try:
+        df = pd.read_parquet(path)
+        if list(df.columns) not in (OHLCV, OHLCV + ["$filled"]) or not isinstance(df.index, pd.DatetimeIndex):
+            raise ValueError(f"schema {list(df.columns)} / {type(df.index).__name__}")
+        return validate_ohlcv(df, source=str(path))
+    except Exception as error:  # noqa: BLE001 - any unreadable cache is refetched, never trusted
+        log.warning("cache %s is unusable (%s); refetching", path, error)
+        return None
+
+
+def write_cache(df: pd.DataFrame, path: Path) -> None:
+    """Atomically replace ``path`` with ``df``: a crash mid-write leaves the old file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(handle)
+    try:
+        df.to_parquet(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+class ExchangeClient:
+    """A ccxt exchange with retries, backoff and clear errors; credentials only from the env."""
+
+    def __init__(self, exchange_id: str, base_url: str | None = None, options: dict | None = None,
+                 max_retries: int = 5, backoff_seconds: float = 1.0):
+        if exchange_id not in ccxt.exchanges:
+            raise ExchangeConfigError(f"unknown exchange {exchange_id!r} (data.exchange). "
+                                      f"ccxt knows: {', '.join(ccxt.exchanges)}")
+        self.credentials = exchange_credentials()
+        self.exchange = getattr(ccxt, exchange_id)(
+            {"enableRateLimit": True, **self.credentials, **(options or {})})
+        if base_url:  # e.g. a proxy, or a server replaying recorded responses
+            api = self.exchange.urls["api"]
+            for key, url in api.items():
+                if isinstance(url, str):
+                    api[key] = re.sub(r"^https?://[^/]+", base_url.rstrip("/"), url)
+        self.max_retries, self.backoff_seconds = max_retries, backoff_seconds
+
+    def call(self, method: str, *args):
+        """``exchange.method(*args)``, retrying network and rate-limit errors with backoff."""
+        for attempt in range(self.max_retries + 1):
+            try:
+                return getattr(self.exchange, method)(*args)
+            except RETRYABLE as error:
+                if attempt == self.max_retries:
+                    raise ConnectionError(
+                        f"{self.exchange.id}.{method} failed after {attempt + 1} attempts: "
+                        f"{redact(str(error), self.credentials)}") from None
+                delay = self.backoff_seconds * 2**attempt
+                log.warning("%s.%s: %s; retry %d in %.1fs", self.exchange.id, method,
+                            type(error).__name__, attempt + 1, delay)
+                time.sleep(delay)
+            except ccxt.BaseError as error:
+                raise ExchangeConfigError(f"{self.exchange.id}.{method}: "
+                                          f"{redact(str(error), self.credentials)}") from None
+
+    def check(self, symbol: str, timeframe: str) -> None:
+        markets = self.call("load_markets")
+        if symbol not in markets:
+            shown = ", ".join(sorted(markets)[:30])
+            raise ExchangeConfigError(f"{self.exchange.id} has no symbol {symbol!r} (data.symbol); "
+                                      f"{len(markets)} markets, e.g. {shown}")
+        timeframes = self.exchange.timeframes or {}
+        if timeframe not in timeframes:
+            raise ExchangeConfigError(f"{self.exchange.id} has no timeframe {timeframe!r} "
+                                      f"(data.timeframe); valid: {', '.join(timeframes)}")
+
+    def fetch(self, symbol: str, timeframe: str, start: pd.Timestamp, end: pd.Timestamp,
+              limit: int) -> pd.DataFrame:
+        """Bars with open time in [start, end), paginating by ``since`` until covered."""
+        step_ms = int(bar_delta(timeframe).total_seconds() * 1000)
+        since, end_ms, rows = int(start.timestamp() * 1000), int(end.timestamp() * 1000), []
+        while since < end_ms:
+            batch = self.call("fetch_ohlcv", symbol, timeframe, since, limit)
+            batch = [row for row in batch or [] if since <= row[0] < end_ms]
+            if not batch:
+                break
+            rows += batch
+            since = int(max(row[0] for row in batch)) + step_ms  # always moves forward
+        return bars_from_rows(rows)
+
+
+def bars_from_rows(rows: list) -> pd.DataFrame:
+    """ccxt OHLCV rows [ms, open, high, low, close, volume] -> $-prefixed bars on a UTC index."""
+    array = np.asarray(rows, dtype=float).reshape(-1, 6)
+    index = pd.to_datetime(array[:, 0].astype(np.int64), unit="ms", utc=True)
+    return pd.DataFrame(array[:, 1:], index=index, columns=OHLCV)
+
+
+def load_exchange_ohlcv(exchange: str, symbol: str, timeframe: str, start: str, end: str,
+                        cache_dir: str = "data/raw", limit: int = 1000, on_invalid: str = "fail",
+                        base_url: str | None = None, options: dict | None = None,
+                        max_retries: int = 5, backoff_seconds: float = 1.0) -> pd.DataFrame:
+    """Bars of [start, end) from the cache, fetching only what it lacks."""
+    start_ts, end_ts = pd.Timestamp(start, tz="UTC"), pd.Timestamp(end, tz="UTC")
+    if end_ts <= start_ts:
+        raise ValueError(f"data.end={end} must be after data.start={start}")
+    step = bar_delta(timeframe)
+    path = cache_path(cache_dir, exchange, symbol, timeframe)
+    cached = read_cache(path)
+    missing = _missing_ranges(cached, start_ts, end_ts, step)
+    fetch_quality = None
+    if missing:
+        client = ExchangeClient(exchange, base_url, options, max_retries, backoff_seconds)
+        client.check(symbol, timeframe)
+        fetched = [client.fetch(symbol, timeframe, a, b, limit) for a, b in missing]
+        parts = [part for part in [cached, *fetched] if part is not None and len(part)]
+        if not parts:
+            raise DataValidationError(f"{exchange} returned no {symbol} {timeframe} bars in "
+                                      f"[{start}, {end}). Fix: check data.start/data.end")
+        merged = pd.concat(sorted(parts, key=lambda part: part.index.min()))  # head, cache, tail
+        checked = check_bars(merged, timeframe, on_invalid, source=f"{exchange} {symbol} {timeframe}")
+        write_cache(validate_ohlcv(checked, source=str(path)), path)
+        cached, fetch_quality = checked, checked.attrs["data_quality"]
+    window = cached.loc[(cached.index >= start_ts) & (cached.index < end_ts)]
+    out = check_bars(window, timeframe, on_invalid, source=str(path))
+    if fetch_quality:  # what this run repaired in what it fetched
+        out.attrs["data_quality"] = fetch_quality
+    return validate_ohlcv(out, source=str(path))
+
+
+def _missing_ranges(cached: pd.DataFrame | None, start: pd.Timestamp, end: pd.Timestamp,
+                    step: pd.Timedelta) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+    """[start, end) minus the cache's span, as at most two ranges (head, tail)."""
+    if cached is None or cached.empty:
+        return [(start, end)]
+    first, last = cached.index[0], cached.index[-1] + step
+    ranges = []
+    if start < first:
+        ranges.append((start, min(first, end)))
+    if end > last:
+        ranges.append((max(last, start), end))
+    return ranges
+
+
+@register("data", "ccxt")
+def load_ccxt(cfg) -> pd.DataFrame:
+    return load_exchange_ohlcv(
+        cfg.exchange, cfg.symbol, cfg.timeframe, cfg.start, cfg.end, cfg.cache_dir, cfg.limit,
+        cfg.on_invalid, cfg.base_url, OmegaConf.to_container(cfg.options or {}, resolve=True),
+        cfg.max_retries, cfg.backoff_seconds)

@@ -1,0 +1,118 @@
+"""A loopback HTTP server that answers Binance's public market and kline endpoints.
+
+Responses follow Binance's recorded JSON formats; bars come from a seeded random walk. Knobs let a
+test inject HTTP 429s, dropped connections and outages, and count requests.
+"""
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+
+HOUR_MS = 3_600_000
+FIRST_BAR_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+N_BARS = 2_000
+
+SYMBOL_INFO = {
+    "symbol": "BTCUSDT", "status": "TRADING", "baseAsset": "BTC", "baseAssetPrecision": 8,
+    "quoteAsset": "USDT", "quotePrecision": 8, "quoteAssetPrecision": 8,
+    "baseCommissionPrecision": 8, "quoteCommissionPrecision": 8,
+    "orderTypes": ["LIMIT", "MARKET"], "icebergAllowed": True, "ocoAllowed": True,
+    "isSpotTradingAllowed": True, "isMarginTradingAllowed": False,
+    "filters": [
+        {"filterType": "PRICE_FILTER", "minPrice": "0.01", "maxPrice": "1000000.00", "tickSize": "0.01"},
+        {"filterType": "LOT_SIZE", "minQty": "0.00001", "maxQty": "9000.0", "stepSize": "0.00001"},
+    ],
+    "permissions": [], "permissionSets": [["SPOT"]], "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
+}
+
+
+def klines() -> list[list]:
+    """Binance kline rows: [open time, o, h, l, c, volume, close time, quote vol, trades, ...]."""
+    rng = np.random.default_rng(0)
+    close = 40_000 * np.exp(np.cumsum(rng.normal(0, 0.005, N_BARS)))
+    open_ = np.r_[40_000, close[:-1]]
+    rows = []
+    for i in range(N_BARS):
+        t = FIRST_BAR_MS + i * HOUR_MS
+        high, low = max(open_[i], close[i]) * 1.002, min(open_[i], close[i]) * 0.998
+        rows.append([t, f"{open_[i]:.2f}", f"{high:.2f}", f"{low:.2f}", f"{close[i]:.2f}",
+                     f"{rng.uniform(10, 100):.5f}", t + HOUR_MS - 1, "0", 100, "0", "0", "0"])
+    return rows
+
+
+class FakeBinance:
+    """Start with ``with FakeBinance() as server:``; ``server.url`` is the base URL."""
+
+    def __init__(self):
+        self.rows = klines()
+        self.kline_requests = 0
+        self.market_requests = 0
+        self.rate_limited = 0      # answer this many kline requests with HTTP 429 first
+        self.drops = 0             # close this many kline connections without an answer
+        self.fail_after = None     # after this many kline requests, drop every connection
+        self.duplicate_row = None  # repeat this bar index in the responses (a dirty feed)
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _klines(self, query: dict) -> tuple[int, object]:
+        with self.lock:
+            self.kline_requests += 1
+            if self.drops > 0:
+                self.drops -= 1
+                return -1, None
+            if self.rate_limited > 0:
+                self.rate_limited -= 1
+                return 429, {"code": -1003, "msg": "Too many requests."}
+            if self.fail_after is not None and self.kline_requests > self.fail_after:
+                return -1, None  # an outage: every connection dropped
+        if query.get("symbol") != "BTCUSDT":
+            return 400, {"code": -1121, "msg": "Invalid symbol."}
+        start = int(query.get("startTime", FIRST_BAR_MS))
+        limit = min(int(query.get("limit", 500)), 1000)
+        rows = [row for row in self.rows if row[0] >= start][:limit]
+        if self.duplicate_row is not None:
+            rows += [r for r in rows if r[0] == self.rows[self.duplicate_row][0]]
+        return 200, rows
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                url = urlparse(self.path)
+                query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                if url.path == "/api/v3/exchangeInfo":
+                    fake.market_requests += 1
+                    status, body = 200, {"timezone": "UTC", "serverTime": FIRST_BAR_MS,
+                                         "rateLimits": [], "exchangeFilters": [],
+                                         "symbols": [SYMBOL_INFO]}
+                elif url.path == "/api/v3/klines":
+                    status, body = fake._klines(query)
+                else:
+                    status, body = 404, {"code": -1, "msg": f"no route {url.path}"}
+                if status == -1:  # drop the connection without answering
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
