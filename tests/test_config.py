@@ -7,6 +7,7 @@ from hydra.errors import MissingConfigException
 from src import registry
 from src.data.synthetic import synthetic_ohlcv
 from tests.conftest import ROOT, compose_config
+from tests.fake_exchange import FakeBinance
 
 
 def options(group: str) -> list[str]:
@@ -42,10 +43,26 @@ def build_all(cfg, market_df):
     registry.build("scenario", cfg.scenario)
 
 
+@pytest.fixture(scope="module")
+def exchange():
+    with FakeBinance() as server:
+        yield server
+
+
+def data_overrides(option: str, csv_file: Path, exchange: FakeBinance, tmp_path: Path) -> list[str]:
+    """Keep every data option small and offline (exchanges: the loopback server)."""
+    if option == "csv":
+        return [f"data.path={csv_file}"]
+    if option == "ccxt" or option.startswith("binance"):
+        return [f"data.base_url={exchange.url}", f"data.cache_dir={tmp_path}", "data.start=2024-01-01",
+                "data.end=2024-02-01"]
+    return ["data.n_bars=600"] if option == "synthetic" else []
+
+
 @pytest.mark.parametrize(("group", "option"), group_options())
-def test_every_group_option_composes_and_builds(group, option, csv_file, market_df):
-    size = f"data.path={csv_file}" if (group, option) == ("data", "csv") else "data.n_bars=600"
-    cfg = compose_config([f"{group}={option}", size])
+def test_every_group_option_composes_and_builds(group, option, csv_file, market_df, exchange, tmp_path):
+    extra = data_overrides(option, csv_file, exchange, tmp_path) if group == "data" else ["data.n_bars=600"]
+    cfg = compose_config([f"{group}={option}", *extra])
     registry.validate(cfg)
     build_all(cfg, market_df)
 

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.data.csv_source import read_ohlcv_csv
+from src.data.file_source import read_ohlcv_file
 from src.data.synthetic import synthetic_ohlcv
 from src.data.validate import DataValidationError, validate_ohlcv
 
@@ -76,7 +76,7 @@ def test_csv_layouts(tmp_path, bars, stamps):
                                 "naive": bars.index.strftime("%Y-%m-%d %H:%M:%S")}[stamps])
     path = tmp_path / "bars.csv"
     raw.to_csv(path, index=False)
-    df = read_ohlcv_csv(path)
+    df = read_ohlcv_file(path)
     assert df.index.tz is not None and (df.index == bars.index).all()
     np.testing.assert_allclose(df.to_numpy(), bars.to_numpy())
 
@@ -86,6 +86,38 @@ def test_csv_bad_row_is_reported_with_the_file(tmp_path, bars):
     path = tmp_path / "broken.csv"
     raw.rename_axis("timestamp").to_csv(path)
     with pytest.raises(DataValidationError, match=r"broken.csv: non-positive price at row 12"):
-        read_ohlcv_csv(path)
+        read_ohlcv_file(path)
     with pytest.raises(FileNotFoundError, match="data.path"):
-        read_ohlcv_csv(tmp_path / "missing.csv")
+        read_ohlcv_file(tmp_path / "missing.csv")
+
+
+def test_parquet_with_datetime_index_and_unnamed_index_column(tmp_path, bars):
+    parquet = tmp_path / "bars.parquet"
+    bars.rename(columns=str.upper).to_parquet(parquet)  # "$OPEN"...: $ prefix, any case
+    np.testing.assert_allclose(read_ohlcv_file(parquet).to_numpy(), bars.to_numpy())
+    csv = tmp_path / "indexed.csv"
+    plain = bars.copy()
+    plain.columns = [c.lstrip("$").capitalize() for c in plain.columns]
+    plain.tz_localize(None).to_csv(csv)  # first column: the unnamed, naive index
+    df = read_ohlcv_file(csv)
+    assert str(df.index.tz) == "UTC" and (df.index == bars.index).all()
+
+
+def test_file_repair_sorts_and_deduplicates(tmp_path, bars):
+    messy = pd.concat([bars.iloc[10:], bars.iloc[:10], bars.iloc[[5]]])
+    path = tmp_path / "messy.csv"
+    messy.rename_axis("timestamp").to_csv(path)
+    with pytest.raises(DataValidationError, match="not increasing"):
+        read_ohlcv_file(path)
+    df = read_ohlcv_file(path, on_invalid="repair")
+    assert df.index.is_monotonic_increasing and len(df) == len(bars)
+    assert df.attrs["data_quality"]["duplicates"] == 1
+
+
+def test_gaps_are_checked_when_the_timeframe_is_known(tmp_path, bars):
+    path = tmp_path / "gappy.csv"
+    bars.drop(bars.index[20]).rename_axis("timestamp").to_csv(path)
+    read_ohlcv_file(path)  # no timeframe: weekends and holidays are not gaps
+    with pytest.raises(DataValidationError, match=r"missing 1h bar \(gap\) at 2020-01-01 20:00"):
+        read_ohlcv_file(path, timeframe="1h")
+    assert read_ohlcv_file(path, timeframe="1h", on_invalid="repair")["$filled"].sum() == 1

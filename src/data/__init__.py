@@ -1,2 +1,2 @@
 """Market data sources; importing registers them."""
-from src.data import csv_source, synthetic  # noqa: F401
+from src.data import ccxt_source, file_source, synthetic  # noqa: F401

@@ -20,16 +20,20 @@ def bar_delta(timeframe: str) -> pd.Timedelta:
     return pd.Timedelta(int(timeframe[:-1]), units[timeframe[-1]])
 
 
-def check_bars(df: pd.DataFrame, timeframe: str, on_invalid: str, source: str) -> pd.DataFrame:
-    """``df`` with sorted, unique, gap-free bars (repaired or verified); counts in attrs."""
+def check_bars(df: pd.DataFrame, timeframe: str | None, on_invalid: str, source: str) -> pd.DataFrame:
+    """``df`` with sorted, unique, gap-free bars (repaired or verified); counts in attrs.
+
+    Without a ``timeframe`` (e.g. trading days with weekends) gaps are not checked."""
     if on_invalid not in ON_INVALID:
         raise ValueError(f"data.on_invalid={on_invalid!r}; valid: {', '.join(ON_INVALID)}")
-    step = bar_delta(timeframe)
     stamps = df.index
     unsorted = int((np.diff(stamps.asi8) < 0).sum())
     duplicates = int(stamps.duplicated().sum())
     ordered = df[~stamps.duplicated(keep="last")].sort_index()
-    expected = pd.date_range(ordered.index[0], ordered.index[-1], freq=step)
+    if timeframe is None:
+        expected = ordered.index
+    else:
+        expected = pd.date_range(ordered.index[0], ordered.index[-1], freq=bar_delta(timeframe))
     missing = expected.difference(ordered.index)
     off_grid = ordered.index.difference(expected)
     counts = {"unsorted": unsorted, "duplicates": duplicates, "gaps": len(missing),
@@ -44,7 +48,7 @@ def check_bars(df: pd.DataFrame, timeframe: str, on_invalid: str, source: str) -
         for count, where, what in problems:
             if count:
                 raise DataValidationError(
-                    f"{source}: {what} at {where()} ({count} such rows), column index. "
+                    f"{source}: {what} at {where()} (the timestamp index; {count} such rows). "
                     "Fix: clean the data, or set data.on_invalid=repair to sort, de-duplicate "
                     "and forward-fill gaps")
         out = ordered
