@@ -1,5 +1,9 @@
-"""Speed benchmark: ``python -m src.bench [--json PATH] [--seconds S]``.
+"""Speed benchmark: ``python -m src.bench [--suite env|features] [--json PATH] [--seconds S]``.
 
+Suite ``features``: seconds to compute ``features=ta_full`` on ``--bars`` synthetic bars
+(default 1,000,000), to compute and write it to the feature cache, and to load it back.
+
+Suite ``env`` (default):
 Measures, for N in {1, 64, 1024} parallel envs with a 32 x 16 observation window, on one thread:
 - kernel: env-steps/s of the numba kernel alone (in-kernel auto-reset);
 - wrapped: env-steps/s through the TorchRL ``TradingEnv`` (``step_and_maybe_reset``);
@@ -9,6 +13,7 @@ Measures, for N in {1, 64, 1024} parallel envs with a 32 x 16 observation window
 """
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -139,6 +144,40 @@ def run(seconds: float) -> list[dict]:
     return rows
 
 
+def features_suite(n_bars: int, cache_dir: Path) -> list[dict]:
+    """Seconds for ta_full on ``n_bars`` bars: compute only; compute + cache write; cache load."""
+    from hydra import compose, initialize_config_dir
+
+    from src import registry
+    from src.data.synthetic import synthetic_ohlcv
+
+    conf_dir = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        cfg = compose("config", overrides=["features=ta_full"]).features
+    df = synthetic_ohlcv(n_bars, seed=0)
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    rows = []
+    for label, cache in [("compute", None), ("compute + write cache", str(cache_dir)),
+                         ("load from cache", str(cache_dir))]:
+        cfg.cache_dir = cache
+        featurize = registry.build("features", cfg)
+        start = time.perf_counter()
+        out = featurize(df, fit_rows=int(n_bars * 0.7))
+        rows.append({"step": label, "bars": n_bars, "columns": out.shape[1],
+                     "seconds": time.perf_counter() - start})
+    return rows
+
+
+def features_table(rows: list[dict]) -> Table:
+    out = Table(title="features=ta_full")
+    for column in ("step", "bars", "columns", "seconds", "x compute"):
+        out.add_column(column, justify="left" if column == "step" else "right")
+    for row in rows:
+        out.add_row(row["step"], f"{row['bars']:,}", str(row["columns"]), f"{row['seconds']:.2f}",
+                    f"{row['seconds'] / rows[0]['seconds']:.2f}")
+    return out
+
+
 def table(rows: list[dict]) -> Table:
     out = Table(title=f"Env-steps (PPO: frames) per second, window {WINDOW} x {N_FEATURES}, 1 thread")
     for column in ("measure", "num_envs", "per second", "x python reference"):
@@ -152,13 +191,22 @@ def table(rows: list[dict]) -> Table:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, default=Path("outputs/bench.json"))
-    parser.add_argument("--seconds", type=float, default=1.5, help="time per measurement")
+    parser.add_argument("--suite", choices=["env", "features"], default="env")
+    parser.add_argument("--json", type=Path, default=None, help="default outputs/bench_<suite>.json")
+    parser.add_argument("--seconds", type=float, default=1.5, help="env: time per measurement")
+    parser.add_argument("--bars", type=int, default=1_000_000, help="features: bars to compute")
     args = parser.parse_args()
-    rows = run(args.seconds)
-    Console().print(table(rows))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"window": WINDOW, "features": N_FEATURES, "rows": rows}, indent=2))
+    if args.suite == "env":
+        rows = run(args.seconds)
+        Console().print(table(rows))
+        report = {"window": WINDOW, "features": N_FEATURES, "rows": rows}
+    else:
+        rows = features_suite(args.bars, Path("outputs/bench_feature_cache"))
+        Console().print(features_table(rows))
+        report = {"rows": rows}
+    path = args.json or Path(f"outputs/bench_{args.suite}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

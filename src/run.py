@@ -43,10 +43,10 @@ def prepare_data(cfg: DictConfig) -> dict[str, pd.DataFrame | Execution]:
     quality = raw.attrs.get("data_quality")
     bounds = split_bounds(len(raw), cfg.split.train, cfg.split.validation)
     featurize = registry.build("features", cfg.features)
-    clean = featurize(raw)
+    clean = featurize(raw, fit_rows=bounds.validation)
     execution = Execution(cfg.env.transaction_fee, cfg.env.slippage_bps)
     stressed_raw, test_execution = registry.build("scenario", cfg.scenario)(raw, execution, bounds.test)
-    stressed = featurize(stressed_raw) if stressed_raw is not raw else clean
+    stressed = featurize(stressed_raw, fit_rows=bounds.validation) if stressed_raw is not raw else clean
     shift = featurize.warmup_rows  # feature rows start after the indicators' warm-up
     history = cfg.env.window_size - 1
     val_start, test_start = bounds.validation - shift, bounds.test - shift

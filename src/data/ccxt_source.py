@@ -3,12 +3,10 @@
 The cache file of (exchange, symbol, timeframe) holds every bar fetched so far. A run whose range
 the cache covers touches no network; otherwise only the missing head and tail are fetched and
 merged. Writes are atomic (temp file + rename); an unreadable or mis-shaped cache file is
-reported, discarded and refetched.
+reported, discarded and refetched (src/data/cache.py).
 """
 import logging
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
+from src.data.cache import read_parquet, write_parquet
 from src.data.credentials import exchange_credentials, redact
 from src.data.quality import bar_delta, check_bars
 from src.data.validate import OHLCV, DataValidationError, validate_ohlcv
@@ -40,26 +39,13 @@ def read_cache(path: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     try:
-        df = pd.read_parquet(path)
+        df, _ = read_parquet(path)
         if list(df.columns) not in (OHLCV, OHLCV + ["$filled"]) or not isinstance(df.index, pd.DatetimeIndex):
             raise ValueError(f"schema {list(df.columns)} / {type(df.index).__name__}")
         return validate_ohlcv(df, source=str(path))
     except Exception as error:  # noqa: BLE001 - any unreadable cache is refetched, never trusted
         log.warning("cache %s is unusable (%s); refetching", path, error)
         return None
-
-
-def write_cache(df: pd.DataFrame, path: Path) -> None:
-    """Atomically replace ``path`` with ``df``: a crash mid-write leaves the old file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(handle)
-    try:
-        df.to_parquet(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 class ExchangeClient:
@@ -154,7 +140,7 @@ def load_exchange_ohlcv(exchange: str, symbol: str, timeframe: str, start: str, 
                                       f"[{start}, {end}). Fix: check data.start/data.end")
         merged = pd.concat(sorted(parts, key=lambda part: part.index.min()))  # head, cache, tail
         checked = check_bars(merged, timeframe, on_invalid, source=f"{exchange} {symbol} {timeframe}")
-        write_cache(validate_ohlcv(checked, source=str(path)), path)
+        write_parquet(validate_ohlcv(checked, source=str(path)), path)
         cached, fetch_quality = checked, checked.attrs["data_quality"]
     window = cached.loc[(cached.index >= start_ts) & (cached.index < end_ts)]
     out = check_bars(window, timeframe, on_invalid, source=str(path))

@@ -1,2 +1,2 @@
 """Feature sets; importing registers them."""
-from src.features import ta_basic  # noqa: F401
+from src.features import ta_basic, talib_set  # noqa: F401

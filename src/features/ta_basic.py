@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import talib
 
-from src.features.normalize import normalize
+from src.features.pipeline import FeatureSet
 from src.registry import register
 
 
-def ta_basic_features(df: pd.DataFrame) -> pd.DataFrame:
+def ta_basic_features(df: pd.DataFrame) -> tuple[pd.DataFrame, None]:
     """$-prefixed indicator columns on ``df``'s index (NaN during each indicator's warm-up)."""
     open_, high, low, close, volume = (df[c].to_numpy(dtype=float) for c in
                                        ["$open", "$high", "$low", "$close", "$volume"])
@@ -39,34 +39,9 @@ def ta_basic_features(df: pd.DataFrame) -> pd.DataFrame:
         "$stoch_d_14": stoch_d,
         "$volume_ratio_20": volume / talib.SMA(volume, 20),
     }
-    return pd.DataFrame(columns, index=df.index)
-
-
-class FeatureSet:
-    """Turns OHLCV into normalised features, dropping warm-up rows (the count is kept)."""
-
-    def __init__(self, compute, normalize_cfg):
-        self.compute = compute
-        self.normalize_cfg = normalize_cfg
-        self.warmup_rows = 0
-
-    def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
-        """``df`` (OHLCV) -> OHLCV + feature columns, from the first row where all are defined."""
-        features = normalize(self.compute(df), self.normalize_cfg)
-        features = features.replace([np.inf, -np.inf], np.nan)
-        valid = features.notna().all(axis=1).to_numpy()
-        if not valid.any():
-            raise ValueError(f"no row has every feature defined: {len(df)} bars are too few "
-                             "for the indicators' warm-up; use a longer history")
-        self.warmup_rows = int(np.argmax(valid))
-        out = pd.concat([df, features], axis=1).iloc[self.warmup_rows:]
-        holes = out[features.columns].isna().any(axis=1).to_numpy()
-        if holes.any():  # a NaN after warm-up means bad input, never fill it from the future
-            row = int(np.flatnonzero(holes)[0])
-            raise ValueError(f"feature NaN after warm-up at {out.index[row]}; check the input bars")
-        return out
+    return pd.DataFrame(columns, index=df.index), None
 
 
 @register("features", "ta_basic")
 def build_ta_basic(cfg) -> FeatureSet:
-    return FeatureSet(ta_basic_features, cfg.normalize)
+    return FeatureSet("ta_basic", ta_basic_features, cfg)

@@ -1,0 +1,98 @@
+"""``FeatureSet``: indicators -> normalisation -> warm-up cut -> (cached) feature frame.
+
+A feature set's ``compute(df)`` returns raw $-prefixed indicator columns on ``df``'s index and
+its look-back (bars before the first defined value; None = take the first fully defined row).
+Rows inside the warm-up are dropped (``warmup_rows``). After it, an undefined value is
+forward-filled, and one never defined yet (e.g. 0/0 on a flat market) becomes 0: no value is
+ever filled from the future into the past, so there is no backward fill.
+"""
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+from src.data.cache import read_parquet, write_parquet
+from src.features.normalize import normalize, normalization_warmup
+
+log = logging.getLogger(__name__)
+CODE_VERSION = "1"  # bump when a feature's formula changes: cached features become stale
+Compute = Callable[[pd.DataFrame], tuple[pd.DataFrame, int | None]]
+
+
+def frame_hash(df: pd.DataFrame) -> str:
+    """sha256 of a frame's index, column names and values (its content, not its file name)."""
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(df.index.asi8).tobytes())
+    digest.update(json.dumps([str(c) for c in df.columns]).encode())
+    digest.update(np.ascontiguousarray(df.to_numpy(dtype=np.float64)).tobytes())
+    return digest.hexdigest()
+
+
+class FeatureSet:
+    """Callable: OHLCV ``df`` -> OHLCV + feature columns from the first row after warm-up."""
+
+    def __init__(self, name: str, compute: Compute, cfg):
+        self.name, self.compute, self.cfg = name, compute, cfg
+        self.warmup_rows = 0
+        self.cache_dir = Path(cfg.cache_dir) if cfg.get("cache_dir") else None
+
+    def __call__(self, df: pd.DataFrame, fit_rows: int | None = None) -> pd.DataFrame:
+        """``fit_rows``: the leading rows (the train split) a fitted scaler may learn from."""
+        if self.cache_dir is None:
+            return self._build(df, fit_rows)
+        key = self._cache_key(df, fit_rows)
+        path = self.cache_dir / f"{self.name}-{key[:24]}.parquet"
+        cached = self._read_cache(path, key)
+        if cached is not None:
+            return cached
+        out = self._build(df, fit_rows)
+        write_parquet(out, path, {"key": key, "content_hash": frame_hash(out),
+                                  "warmup_rows": self.warmup_rows})
+        return out
+
+    def _build(self, df: pd.DataFrame, fit_rows: int | None) -> pd.DataFrame:
+        raw, lookback = self.compute(df)
+        raw = raw.replace([np.inf, -np.inf], np.nan)
+        features = normalize(raw, self.cfg.normalize, fit_rows)
+        if lookback is None:
+            valid = features.notna().all(axis=1).to_numpy()
+            warmup = int(np.argmax(valid)) if valid.any() else len(df)
+        else:
+            warmup = lookback + normalization_warmup(self.cfg.normalize)
+        if warmup >= len(df):
+            raise ValueError(f"features={self.name}: {len(df)} bars are too few for the "
+                             f"indicators' warm-up ({warmup} bars); use a longer history")
+        self.warmup_rows = warmup
+        kept = features.iloc[warmup:]
+        holes = int(kept.isna().to_numpy().sum())
+        if holes:
+            log.info("features=%s: %d undefined values after warm-up, forward-filled (0 if none "
+                     "before)", self.name, holes)
+        kept = kept.ffill().fillna(0.0)
+        return pd.concat([df.iloc[warmup:], kept], axis=1)
+
+    def _cache_key(self, df: pd.DataFrame, fit_rows: int | None) -> str:
+        config = OmegaConf.to_container(self.cfg, resolve=True)
+        config.pop("cache_dir", None)
+        record = json.dumps([CODE_VERSION, self.name, config, fit_rows], sort_keys=True)
+        return hashlib.sha256((frame_hash(df) + record).encode()).hexdigest()
+
+    def _read_cache(self, path: Path, key: str) -> pd.DataFrame | None:
+        """The cached frame if its key matches and its content hash verifies; else None."""
+        if not path.is_file():
+            return None
+        try:
+            out, record = read_parquet(path)
+        except Exception as error:  # noqa: BLE001 - an unreadable cache is rebuilt, never trusted
+            log.warning("feature cache %s unreadable (%s); recomputing", path, error)
+            return None
+        if record.get("key") != key or record.get("content_hash") != frame_hash(out):
+            log.warning("feature cache %s failed verification; recomputing", path)
+            return None
+        self.warmup_rows = int(record["warmup_rows"])
+        return out
