@@ -19,6 +19,7 @@ from src import registry
 from src.agents.baselines import BuyAndHold, RandomAgent
 from src.backtest.engine import Execution
 from src.backtest.plots import save_plots
+from src.backtest.sizing import with_risk_columns
 from src.data.ccxt_source import ExchangeConfigError
 from src.data.validate import DataValidationError
 from src.splits import split_bounds, with_history
@@ -43,10 +44,11 @@ def prepare_data(cfg: DictConfig) -> dict[str, pd.DataFrame | Execution]:
     quality = raw.attrs.get("data_quality")
     bounds = split_bounds(len(raw), cfg.split.train, cfg.split.validation)
     featurize = registry.build("features", cfg.features)
-    clean = featurize(raw, fit_rows=bounds.validation)
+    clean = with_risk_columns(featurize(raw, fit_rows=bounds.validation), cfg.backtest)
     execution = Execution(cfg.env.transaction_fee, cfg.env.slippage_bps)
     stressed_raw, test_execution = registry.build("scenario", cfg.scenario)(raw, execution, bounds.test)
-    stressed = featurize(stressed_raw, fit_rows=bounds.validation) if stressed_raw is not raw else clean
+    stressed = (with_risk_columns(featurize(stressed_raw, fit_rows=bounds.validation), cfg.backtest)
+                if stressed_raw is not raw else clean)
     shift = featurize.warmup_rows  # feature rows start after the indicators' warm-up
     history = cfg.env.window_size - 1
     val_start, test_start = bounds.validation - shift, bounds.test - shift
@@ -71,7 +73,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, float]]:
     registry.build("resources", cfg.resources)
     seed_everything(cfg.seed)
     data = prepare_data(cfg)
-    train_env = registry.build("env", cfg.env, data["train"], seed=cfg.seed)
+    risk = cfg.backtest if cfg.backtest.apply_in_training else None
+    train_env = registry.build("env", cfg.env, data["train"], seed=cfg.seed, risk=risk)
     agent = registry.build("agent", cfg.agent, train_env, seed=cfg.seed)
     backtester = registry.build("backtest", cfg.backtest, cfg.env, train_env.actions)
     validation_execution = Execution(cfg.env.transaction_fee, cfg.env.slippage_bps)

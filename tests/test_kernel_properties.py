@@ -4,6 +4,7 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from src.envs.kernels import ENTRY_FEE, ENTRY_PRICE, ENTRY_UNITS
 from src.envs.market import MarketRules, VectorMarket
 
 WINDOW = 4
@@ -25,7 +26,8 @@ def random_market(seed: int, n_bars: int = 64) -> pd.DataFrame:
 
 def make_market(df, num_envs=1, fee=0.001, slippage_bps=2.0, seed=0, episode_length=10_000,
                 auto_reset=False, **rules):
-    rules = MarketRules(fee, slippage_bps, episode_length, equity_floor=-np.inf, **rules)
+    rules = MarketRules(transaction_fee=fee, slippage_bps=slippage_bps, episode_length=episode_length,
+                        equity_floor=-np.inf, **rules)
     return VectorMarket(df, ["$f1", "$f2"], num_envs, WINDOW, rules, seed=seed, auto_reset=auto_reset)
 
 
@@ -70,8 +72,8 @@ def test_costs_never_make_equity_larger(seed, actions, fee, slippage_bps):
         if free.equity[0] <= 0:  # a wiped-out account: the comparison has no meaning after it
             break
         assert costly.equity[0] <= free.equity[0] * (1 + 1e-12)
-        if free.traded_units[0] != 0:
-            assert costly.fee_paid[0] > 0
+        if free.fills[0, ENTRY_UNITS] != 0:
+            assert costly.fills[0, ENTRY_FEE] > 0
 
 
 @settings(max_examples=60, deadline=None)
@@ -94,7 +96,7 @@ def test_action_at_t_cannot_see_after_t(seed, decision_step, noise_seed):
         decision = LEVELS[[1 + int(np.sign(market.obs[0, -1, 0]))]]
         observation = market.obs.copy()
         market.step(decision)
-        records.append((observation, decision, market.fill_price[0], market.traded_units[0]))
+        records.append((observation, decision, market.fills[0, ENTRY_PRICE], market.fills[0, ENTRY_UNITS]))
     (obs_a, decision_a, fill_a, units_a), (obs_b, decision_b, fill_b, units_b) = records
     assert np.array_equal(obs_a, obs_b)
     assert np.array_equal(decision_a, decision_b)
@@ -107,8 +109,8 @@ def test_fill_is_next_bar_open_plus_slippage():
     market.reset(start=WINDOW - 1)
     market.step(np.array([1.0]))
     assert market.t[0] == WINDOW
-    assert market.fill_price[0] == df["$open"].iloc[WINDOW] * (1 + 10.0 / 1e4)
-    assert np.isclose(market.fee_paid[0], market.traded_units[0] * market.fill_price[0] * 0.001)
+    assert market.fills[0, ENTRY_PRICE] == df["$open"].iloc[WINDOW] * (1 + 10.0 / 1e4)
+    assert np.isclose(market.fills[0, ENTRY_FEE], market.fills[0, ENTRY_UNITS] * market.fills[0, ENTRY_PRICE] * 0.001)
 
 
 @settings(max_examples=20, deadline=None)
@@ -184,4 +186,4 @@ def test_targets_inside_rebalance_band_never_trade(seed, nudges):
     units = market.units[0]
     for nudge in nudges:
         market.step(np.array([0.5 + nudge]))
-        assert market.traded_units[0] == 0.0 and market.units[0] == units
+        assert market.fills[0, ENTRY_UNITS] == 0.0 and market.units[0] == units

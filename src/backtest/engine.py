@@ -1,4 +1,4 @@
-"""Out-of-sample backtest: one env of the training kernel walked bar by bar over the test split."""
+"""Out-of-sample backtest: one env of the training kernel walked bar by bar over a split."""
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -7,10 +7,14 @@ import torch
 
 from src.agents.base import Agent
 from src.backtest.metrics import compute_metrics
+from src.envs import kernels
 from src.envs.actions import ActionSpace
 from src.envs.market import VectorMarket
 from src.envs.torchrl_env import feature_columns, market_rules
 from src.registry import register
+
+EXIT_REASONS = {kernels.STOP_EXIT: "stop_loss", kernels.TAKE_EXIT: "take_profit",
+                kernels.TRAIL_EXIT: "trailing_stop"}
 
 
 @dataclass
@@ -40,35 +44,50 @@ class Backtester:
         """Walk ``agent`` over ``df``: its first ``window_size - 1`` bars are history only; the
         first decision is at the close of bar ``window_size - 1``, the first fill one bar later."""
         window = self.env_cfg.window_size
-        rules = replace(market_rules(self.env_cfg), transaction_fee=execution.transaction_fee,
+        rules = replace(market_rules(self.env_cfg, self.cfg, df.index),
+                        transaction_fee=execution.transaction_fee,
                         slippage_bps=execution.slippage_bps, episode_length=len(df),
                         equity_floor=0.0)
         market = VectorMarket(df, feature_columns(df), 1, window, rules)
         market.reset(start=window - 1)
         market_obs, account_obs = torch.from_numpy(market.obs), torch.from_numpy(market.account)
+        signals = agent.signals(df) if hasattr(agent, "signals") else None
         n_steps = len(df) - window
         equity, positions = np.empty(n_steps + 1), np.empty(n_steps + 1)
         equity[0], positions[0] = market.equity[0], 0.0
         fills = []
         for k in range(1, n_steps + 1):
-            action = agent.act(market_obs, account_obs)
-            market.step(self.actions.to_targets(action))
+            bar = window - 2 + k  # the decision bar
+            action = signals[bar : bar + 1] if signals is not None else agent.act(market_obs, account_obs)
+            market.step(self.actions.to_targets(torch.as_tensor(action)))
             equity[k], positions[k] = market.equity[0], market.account[0, 0]
-            if market.traded_units[0] != 0.0:
-                fills.append((df.index[market.t[0]], market.traded_units[0], market.fill_price[0],
-                              market.fee_paid[0]))
+            fills += _fills(market.fills[0], df.index[market.t[0]])
             if market.terminated[0] or market.truncated[0]:
                 equity, positions = equity[: k + 1], positions[: k + 1]
                 break
         scale = self.cfg.initial_cash
         curve = pd.Series(equity * scale, index=df.index[window - 1 : window - 1 + len(equity)],
                           name="equity")
-        trades = pd.DataFrame(fills, columns=["timestamp", "units", "price", "fee"])
-        trades[["units", "fee"]] *= scale
-        trades.insert(1, "side", np.where(trades["units"] > 0, "buy", "sell"))
-        metrics = compute_metrics(curve, positions, len(trades), self.cfg.periods_per_year,
+        trades = pd.DataFrame(fills, columns=["timestamp", "side", "units", "price", "fee",
+                                              "financing", "reason"])
+        trades[["units", "fee", "financing"]] *= scale
+        metrics = compute_metrics(curve, positions, trades, self.cfg.periods_per_year,
                                   self.cfg.risk_free_rate)
         return BacktestResult(curve, positions, trades, metrics)
+
+
+def _fills(row: np.ndarray, stamp: pd.Timestamp) -> list[tuple]:
+    """This bar's executions (an order at the open, then perhaps a stop exit in the bar)."""
+    out = []
+    for units, price, fee, reason in [
+        (row[kernels.ENTRY_UNITS], row[kernels.ENTRY_PRICE], row[kernels.ENTRY_FEE], "signal"),
+        (row[kernels.EXIT_UNITS], row[kernels.EXIT_PRICE], row[kernels.EXIT_FEE],
+         EXIT_REASONS.get(int(row[kernels.EXIT_REASON]), "")),
+    ]:
+        if units != 0.0:
+            out.append((stamp, "buy" if units > 0 else "sell", units, price, fee,
+                        row[kernels.FINANCING], reason))
+    return out
 
 
 @register("backtest", "default")

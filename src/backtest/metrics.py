@@ -1,16 +1,26 @@
-"""Performance metrics of an equity curve, every formula in one place.
+"""Performance metrics of a backtest, every formula in one place.
 
 ``equity``: per-bar equity (quote currency) on a DatetimeIndex; r_t = equity_t / equity_{t-1} - 1.
-``periods_per_year`` (P) comes from the data's bar spacing unless given.
+P = ``periods_per_year``: bars per year observed in the data's index, unless given.
+A round trip runs from a bar where the position leaves 0 (or flips sign) to the bar it returns to
+0 (or flips); its P&L is the equity change over those bars.
 
 - total_return = equity_T / equity_0 - 1
-- cagr = (equity_T / equity_0) ** (P / n_periods) - 1
-- volatility (annualised) = std(r) * sqrt(P)
-- sharpe = mean(r - rf/P) / std(r) * sqrt(P)                     (0 when std(r) = 0)
-- sortino = mean(r - rf/P) / sqrt(mean(min(r - rf/P, 0)^2)) * sqrt(P)  (0 when no downside)
+- cagr = (equity_T / equity_0) ** (P / n_returns) - 1
+- volatility = std(r) * sqrt(P)                          (sample std, annualised)
+- sharpe = mean(r - rf/P) / std(r) * sqrt(P)             (0 when std(r) = 0)
+- sortino = mean(r - rf/P) / sqrt(mean(min(r - rf/P, 0)^2)) * sqrt(P)   (0 without downside)
 - max_drawdown = min_t (equity_t / max_{s<=t} equity_s - 1), in [-1, 0]
-- calmar = cagr / |max_drawdown|                                  (0 when max_drawdown = 0)
-- trades = number of fills; exposure = fraction of bars with a non-zero position
+- max_drawdown_bars = the longest run of bars below a previous equity peak
+- calmar = cagr / |max_drawdown|                         (0 when max_drawdown = 0)
+- var_95 = -(5th percentile of r); cvar_95 = -(mean of r at or below it)   (per bar, historical)
+- win_rate = winning round trips / round trips; profit_factor = gross win / gross loss
+  (0 without trades; inf-safe: gross win / max(gross loss, tiny), capped at 1e6)
+- avg_trade = mean round-trip P&L / initial equity
+- exposure = fraction of bars with a non-zero position
+- turnover = sum |fill units x price| / mean equity, per year (x P / n_returns)
+- fees = total fees / initial equity; financing = total borrow + funding / initial equity
+- trades = number of fills
 """
 import numpy as np
 import pandas as pd
@@ -20,10 +30,9 @@ SECONDS_PER_YEAR = 365.25 * 24 * 3600
 
 def periods_per_year(index: pd.DatetimeIndex) -> float:
     """Bars per year observed in ``index`` (e.g. ~8766 for 24/7 hourly, ~252 for equity dailies)."""
-    span = (index[-1] - index[0]).total_seconds()
-    if len(index) < 2 or span <= 0:
+    if len(index) < 2 or (index[-1] - index[0]).total_seconds() <= 0:
         raise ValueError("need at least two distinct timestamps to derive the bar frequency")
-    return (len(index) - 1) * SECONDS_PER_YEAR / span
+    return (len(index) - 1) * SECONDS_PER_YEAR / (index[-1] - index[0]).total_seconds()
 
 
 def max_drawdown(equity: np.ndarray) -> float:
@@ -31,18 +40,50 @@ def max_drawdown(equity: np.ndarray) -> float:
     return float(np.min(equity / peak - 1.0))
 
 
-def compute_metrics(equity: pd.Series, positions: np.ndarray, n_trades: int,
+def drawdown_bars(equity: np.ndarray) -> int:
+    """Longest run of consecutive bars below the running peak."""
+    below = equity < np.maximum.accumulate(equity)
+    longest = run = 0
+    for flag in below:
+        run = run + 1 if flag else 0
+        longest = max(longest, run)
+    return longest
+
+
+def round_trip_pnl(equity: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Equity change over each holding period (see the module docstring)."""
+    side = np.sign(np.round(positions, 12))
+    pnl, start = [], None
+    for k in range(1, len(side)):
+        if side[k] != side[k - 1]:
+            if start is not None:
+                pnl.append(equity[k] - equity[start - 1] if side[k] == 0 else equity[k - 1] - equity[start - 1])
+            start = k if side[k] != 0 else None
+    if start is not None:
+        pnl.append(equity[-1] - equity[start - 1])
+    return np.asarray(pnl)
+
+
+def compute_metrics(equity: pd.Series, positions: np.ndarray, trades: pd.DataFrame | None = None,
                     periods: float | None = None, risk_free_rate: float = 0.0) -> dict[str, float]:
-    """The metrics above for one equity curve; ``positions`` are per-bar position fractions."""
+    """The metrics above for one equity curve; ``positions`` are per-bar position fractions;
+    ``trades`` the fills (columns units, price, fee, financing), or None."""
     values = equity.to_numpy(dtype=float)
     periods = periods or periods_per_year(equity.index)
     returns = values[1:] / values[:-1] - 1.0
+    n = max(len(returns), 1)
     excess = returns - risk_free_rate / periods
     growth = values[-1] / values[0]
     std = returns.std(ddof=1) if len(returns) > 1 else 0.0
     downside = np.sqrt(np.mean(np.minimum(excess, 0.0) ** 2)) if len(returns) else 0.0
-    cagr = growth ** (periods / max(len(returns), 1)) - 1.0 if growth > 0 else -1.0
+    cagr = growth ** (periods / n) - 1.0 if growth > 0 else -1.0
     drawdown = max_drawdown(values)
+    var = -np.percentile(returns, 5) if len(returns) else 0.0
+    tail = returns[returns <= -var] if len(returns) else returns
+    pnl = round_trip_pnl(values, positions)
+    gross_win, gross_loss = pnl[pnl > 0].sum(), -pnl[pnl < 0].sum()
+    trades = trades if trades is not None else pd.DataFrame(columns=["units", "price", "fee", "financing"])
+    traded = float((trades["units"].abs() * trades["price"]).sum()) if len(trades) else 0.0
     return {
         "total_return": growth - 1.0,
         "cagr": cagr,
@@ -50,7 +91,16 @@ def compute_metrics(equity: pd.Series, positions: np.ndarray, n_trades: int,
         "sharpe": excess.mean() / std * np.sqrt(periods) if std > 0 else 0.0,
         "sortino": excess.mean() / downside * np.sqrt(periods) if downside > 0 else 0.0,
         "max_drawdown": drawdown,
+        "max_drawdown_bars": float(drawdown_bars(values)),
         "calmar": cagr / abs(drawdown) if drawdown < 0 else 0.0,
-        "trades": float(n_trades),
+        "var_95": float(var),
+        "cvar_95": float(-tail.mean()) if len(tail) else 0.0,
+        "win_rate": float((pnl > 0).mean()) if len(pnl) else 0.0,
+        "profit_factor": float(min(gross_win / max(gross_loss, 1e-12), 1e6)) if len(pnl) else 0.0,
+        "avg_trade": float(pnl.mean() / values[0]) if len(pnl) else 0.0,
         "exposure": float(np.mean(np.abs(positions) > 1e-12)) if len(positions) else 0.0,
+        "turnover": traded / values.mean() * periods / n,
+        "fees": float(trades["fee"].sum()) / values[0] if len(trades) else 0.0,
+        "financing": float(trades["financing"].sum()) / values[0] if len(trades) else 0.0,
+        "trades": float(len(trades)),
     }

@@ -2,8 +2,12 @@
 
 Timing (the honesty rule): at step k env i has seen bars up to and including ``t[i]`` (its
 observation window ends at the close of ``t[i]``). The action decided there is filled at the
-*next* bar's open, ``open[t+1]``, moved against the trade by the slippage, and charged
-``transaction_fee`` on the traded notional. Equity is then marked at ``close[t+1]``.
+*next* bar's open, ``open[t+1]``, moved against the trade by the slippage (fixed bps plus a
+square-root impact of the order's share of bar t's volume), capped at ``max_participation`` of
+bar t+1's volume, and charged ``transaction_fee`` on the traded notional. Stops are then checked
+against bar t+1's range (a gap through a stop fills at the open, not the stop), borrow and
+funding are charged, and equity is marked at ``close[t+1]``. A drawdown beyond the breaker's limit
+flattens the position at the next open and pauses trading.
 
 Units: prices in quote currency; ``cash`` and ``equity`` in quote currency (start: 1.0 per env, the
 backtest scales); ``units`` in base currency (negative = short); targets are fractions of equity.
@@ -17,6 +21,19 @@ from numba import njit
 
 MIN_EQUITY = 1e-12  # equity is clamped here inside the log reward when an env is wiped out
 LOG_RETURN, DIFFERENTIAL_SHARPE, DRAWDOWN_PENALTY = 0, 1, 2
+
+# columns of ``bars`` (T, 7)
+OPEN, HIGH, LOW, CLOSE, VOLUME, SIZE, STOP_UNIT = range(7)
+# entries of ``rules`` (float64 vector, see src/envs/market.py: MarketRules.vector)
+(FEE, SLIPPAGE, IMPACT, MAX_PARTICIPATION, CARRY, EPISODE_LENGTH, EQUITY_FLOOR, REBALANCE,
+ REWARD_KIND, REWARD_PARAM, MAX_LEVERAGE, STOP_LOSS, TAKE_PROFIT, TRAILING, BORROW, FUNDING,
+ DRAWDOWN_LIMIT, PAUSE_BARS) = range(18)
+N_RULES = 18
+# columns of the per-env ``risk`` state (N, 7): distances are fractions of the entry price
+ENTRY, EXTREME, STOP_DIST, TAKE_DIST, TRAIL_DIST, PAUSE_LEFT, BREAKER_PEAK = range(7)
+# columns of ``fills`` (N, 8), this step's executions
+ENTRY_PRICE, ENTRY_UNITS, ENTRY_FEE, EXIT_PRICE, EXIT_UNITS, EXIT_FEE, EXIT_REASON, FINANCING = range(8)
+NO_EXIT, STOP_EXIT, TAKE_EXIT, TRAIL_EXIT = 0, 1, 2, 3
 
 
 @njit(cache=True, error_model="numpy")
@@ -39,24 +56,26 @@ def _write_obs(i, t, features, window, units, close, equity, obs, account):
     width = obs.shape[1]
     first = (t - window + 1) * (width // window)
     obs[i, :] = features[first : first + width]
-    account[i, 0] = units[i] * close[t] / safe_equity
+    account[i, 0] = units[i] * close / safe_equity
     account[i, 1] = np.log(safe_equity)
 
 
 @njit(cache=True, error_model="numpy")
-def _reset_env(i, start, features, close, window, t, cash, units, held, equity, steps, stats,
-               obs, account):
-    """Env i starts at bar ``start`` with all cash (1.0), no position and fresh reward stats."""
+def _reset_env(i, start, bars, features, window, t, cash, units, held, equity, steps, stats,
+               risk, obs, account):
+    """Env i starts at bar ``start`` with all cash (1.0), no position and fresh statistics."""
     t[i] = start
     cash[i] = 1.0
     units[i] = 0.0
     held[i] = 0.0
     equity[i] = 1.0
     steps[i] = 0
-    stats[i, 0] = 1.0  # equity peak
+    stats[i, 0] = 1.0  # equity peak (drawdown reward)
     stats[i, 1] = 0.0  # EMA of returns (differential Sharpe's A)
     stats[i, 2] = 0.0  # EMA of squared returns (B)
-    _write_obs(i, start, features, window, units, close, equity, obs, account)
+    risk[i, :] = 0.0
+    risk[i, BREAKER_PEAK] = 1.0
+    _write_obs(i, start, features, window, units, bars[start, CLOSE], equity, obs, account)
 
 
 @njit(cache=True, error_model="numpy")
@@ -66,13 +85,13 @@ def _draw_start(rng_state, i, low, high):
 
 
 @njit(cache=True, error_model="numpy")
-def reset_envs(mask, starts, features, close, window, t, cash, units, held, equity, steps, stats,
-               obs, account):
+def reset_envs(mask, starts, bars, features, window, t, cash, units, held, equity, steps, stats,
+               risk, obs, account):
     """Reset every env with ``mask[i]`` at bar ``starts[i]``."""
     for i in range(mask.shape[0]):
         if mask[i]:
-            _reset_env(i, starts[i], features, close, window, t, cash, units, held, equity,
-                       steps, stats, obs, account)
+            _reset_env(i, starts[i], bars, features, window, t, cash, units, held, equity,
+                       steps, stats, risk, obs, account)
 
 
 @njit(cache=True, error_model="numpy")
@@ -105,45 +124,117 @@ def _reward(kind, param, previous_equity, new_equity, stats, i):
 
 
 @njit(cache=True, error_model="numpy")
-def step_envs(targets, open_, close, features, window, transaction_fee, slippage, episode_length,
-              equity_floor, rebalance_threshold, reward_kind, reward_param, auto_reset, rng_state,
-              start_low, start_high, t, cash, units, held, equity, steps, stats, obs, account,
-              reward, terminated, truncated, fill_price, traded_units, fee_paid):
+def _slippage(rules, units_traded, last_volume):
+    """Fraction of the price paid against the trade: fixed + impact * sqrt(participation)."""
+    participation = abs(units_traded) / last_volume if last_volume > 0 else 1.0
+    return rules[SLIPPAGE] + rules[IMPACT] * np.sqrt(participation)
+
+
+@njit(cache=True, error_model="numpy")
+def _stop_exit(position, risk_row, o, h, l, entered_now):
+    """(exit price, reason) if a stop, trailing stop or take-profit hits in this bar, else (0, 0).
+
+    Stops are checked before the take-profit (the conservative order when a bar touches both);
+    a bar that opens through a level fills at the open. A position entered at this bar's open
+    is only checked against the bar's range."""
+    entry, extreme = risk_row[ENTRY], risk_row[EXTREME]
+    stop_dist, take_dist, trail_dist = risk_row[STOP_DIST], risk_row[TAKE_DIST], risk_row[TRAIL_DIST]
+    side = 1.0 if position > 0 else -1.0
+    stop, reason = -np.inf, NO_EXIT
+    if stop_dist > 0:
+        stop, reason = side * entry * (1.0 - side * stop_dist), STOP_EXIT
+    if trail_dist > 0 and side * extreme * (1.0 - side * trail_dist) > stop:
+        stop, reason = side * extreme * (1.0 - side * trail_dist), TRAIL_EXIT
+    take = side * entry * (1.0 + side * take_dist) if take_dist > 0 else np.inf
+    # in "side" space a long's adverse move is down: compare side * price with the levels
+    opening, worst, best = side * o, (side * l if side > 0 else side * h), (side * h if side > 0 else side * l)
+    if not entered_now and opening <= stop:
+        return o, reason
+    if not entered_now and opening >= take:
+        return o, TAKE_EXIT
+    if worst <= stop:
+        return side * stop, reason
+    if best >= take:
+        return side * take, TAKE_EXIT
+    return 0.0, NO_EXIT
+
+
+@njit(cache=True, error_model="numpy")
+def step_envs(targets, bars, features, window, rules, auto_reset, rng_state, start_low, start_high,
+              t, cash, units, held, equity, steps, stats, risk, obs, account, reward, terminated,
+              truncated, fills):
     """Advance every env one bar towards its target position (fraction of equity).
 
-    A target within ``rebalance_threshold`` of the one held trades nothing (units are kept, so no
-    rebalancing churn). Writes reward, terminated (equity under ``equity_floor``), truncated
-    (episode length reached, or no next bar to fill at), and this bar's fill price, traded units
-    and fee (zeros when nothing traded). With ``auto_reset`` a finished env restarts at once at a
-    random bar in [start_low, start_high) and ``obs`` holds its new episode's first window;
-    without it the caller must reset finished envs before stepping them again.
+    A target within ``rebalance_threshold`` of the one held trades nothing. Writes reward,
+    terminated (equity under ``equity_floor``), truncated (episode length reached, or no next
+    bar), and this bar's executions into ``fills``. With ``auto_reset`` a finished env restarts
+    at once at a random bar in [start_low, start_high) and ``obs`` holds its new episode's first
+    window; without it the caller must reset finished envs before stepping them again.
     """
-    last_bar = close.shape[0] - 1
+    last_bar = bars.shape[0] - 1
+    max_leverage = rules[MAX_LEVERAGE]
     for i in range(targets.shape[0]):
         nxt = t[i] + 1
+        o, h, l, c = bars[nxt, OPEN], bars[nxt, HIGH], bars[nxt, LOW], bars[nxt, CLOSE]
         previous_equity = equity[i]
-        traded = 0.0
-        price = 0.0
-        fee = 0.0
-        if abs(targets[i] - held[i]) > rebalance_threshold:
-            mark = cash[i] + units[i] * open_[nxt]  # equity at the open, before trading
-            traded = targets[i] * max(mark, 0.0) / open_[nxt] - units[i]
-            price = open_[nxt] * (1.0 + slippage * np.sign(traded))
-            fee = abs(traded) * price * transaction_fee
-            cash[i] -= traded * price + fee
-            units[i] += traded
-            held[i] = targets[i]
+        fills[i, :] = 0.0
+        target, wanted = targets[i], targets[i]
+        if risk[i, PAUSE_LEFT] > 0:  # the drawdown breaker holds the account flat
+            risk[i, PAUSE_LEFT] -= 1
+            target, wanted = 0.0, held[i]
+        if abs(target - held[i]) > rules[REBALANCE] or (target == 0.0 and units[i] != 0.0):
+            sized = min(max(target * bars[t[i], SIZE], -max_leverage), max_leverage)
+            mark = cash[i] + units[i] * o  # equity at the open, before trading
+            traded = sized * max(mark, 0.0) / o - units[i]
+            cap = rules[MAX_PARTICIPATION] * bars[nxt, VOLUME]
+            partial = rules[MAX_PARTICIPATION] > 0 and abs(traded) > cap
+            if partial:
+                traded = np.sign(traded) * cap
+            if traded != 0.0:
+                before = units[i]
+                price = o * (1.0 + _slippage(rules, traded, bars[t[i], VOLUME]) * np.sign(traded))
+                fee = abs(traded) * price * rules[FEE]
+                cash[i] -= traded * price + fee
+                units[i] += traded
+                fills[i, ENTRY_PRICE], fills[i, ENTRY_UNITS], fills[i, ENTRY_FEE] = price, traded, fee
+                if units[i] != 0.0 and (before == 0.0 or np.sign(before) != np.sign(units[i])):
+                    unit = bars[t[i], STOP_UNIT]
+                    risk[i, ENTRY], risk[i, EXTREME] = price, price
+                    risk[i, STOP_DIST] = rules[STOP_LOSS] * unit
+                    risk[i, TAKE_DIST] = rules[TAKE_PROFIT] * unit
+                    risk[i, TRAIL_DIST] = rules[TRAILING] * unit
+            if not partial or rules[CARRY] == 0.0:
+                held[i] = wanted
+        if units[i] != 0.0 and (rules[STOP_LOSS] > 0 or rules[TAKE_PROFIT] > 0 or rules[TRAILING] > 0):
+            entered_now = fills[i, ENTRY_UNITS] != 0.0 and risk[i, ENTRY] == fills[i, ENTRY_PRICE]
+            exit_price, reason = _stop_exit(units[i], risk[i], o, h, l, entered_now)
+            if reason != NO_EXIT:
+                traded = -units[i]
+                price = exit_price * (1.0 + _slippage(rules, traded, bars[t[i], VOLUME]) * np.sign(traded))
+                fee = abs(traded) * price * rules[FEE]
+                cash[i] -= traded * price + fee
+                units[i] = 0.0
+                fills[i, EXIT_PRICE], fills[i, EXIT_UNITS], fills[i, EXIT_FEE] = price, traded, fee
+                fills[i, EXIT_REASON] = reason
+            else:
+                risk[i, EXTREME] = max(risk[i, EXTREME], h) if units[i] > 0 else min(risk[i, EXTREME], l)
+        financing = rules[BORROW] * max(-units[i], 0.0) * c + rules[FUNDING] * max(-cash[i], 0.0)
+        cash[i] -= financing
+        fills[i, FINANCING] = financing
         t[i] = nxt
         steps[i] += 1
-        equity[i] = cash[i] + units[i] * close[nxt]
-        reward[i] = _reward(reward_kind, reward_param, previous_equity, equity[i], stats, i)
-        terminated[i] = equity[i] < equity_floor
-        truncated[i] = (steps[i] >= episode_length or nxt >= last_bar) and not terminated[i]
-        fill_price[i] = price
-        traded_units[i] = traded
-        fee_paid[i] = fee
+        equity[i] = cash[i] + units[i] * c
+        if rules[DRAWDOWN_LIMIT] > 0:
+            risk[i, BREAKER_PEAK] = max(risk[i, BREAKER_PEAK], equity[i])
+            if equity[i] < risk[i, BREAKER_PEAK] * (1.0 - rules[DRAWDOWN_LIMIT]):
+                risk[i, PAUSE_LEFT] = max(rules[PAUSE_BARS], 1.0)
+                risk[i, BREAKER_PEAK] = equity[i]
+        reward[i] = _reward(int(rules[REWARD_KIND]), rules[REWARD_PARAM], previous_equity,
+                            equity[i], stats, i)
+        terminated[i] = equity[i] < rules[EQUITY_FLOOR]
+        truncated[i] = (steps[i] >= rules[EPISODE_LENGTH] or nxt >= last_bar) and not terminated[i]
         if auto_reset and (terminated[i] or truncated[i]):
-            _reset_env(i, _draw_start(rng_state, i, start_low, start_high), features, close,
-                       window, t, cash, units, held, equity, steps, stats, obs, account)
+            _reset_env(i, _draw_start(rng_state, i, start_low, start_high), bars, features,
+                       window, t, cash, units, held, equity, steps, stats, risk, obs, account)
         else:
-            _write_obs(i, nxt, features, window, units, close, equity, obs, account)
+            _write_obs(i, nxt, features, window, units, c, equity, obs, account)

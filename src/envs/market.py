@@ -1,9 +1,9 @@
 """``VectorMarket``: the state arrays of N envs on one price series, stepped by the numba kernel.
 
-Training (through the TorchRL wrapper) and the backtest both drive this class, so both see the
-same fills, fees and slippage.
+Training (through the TorchRL wrapper) and the backtest both drive this class with the same
+``MarketRules``, so a policy is trained under the costs and risk rules it is judged by.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
@@ -12,25 +12,61 @@ from src.envs import kernels
 
 REWARDS = {"log_return": kernels.LOG_RETURN, "differential_sharpe": kernels.DIFFERENTIAL_SHARPE,
            "drawdown_penalty": kernels.DRAWDOWN_PENALTY}
+SIZE_COLUMN, STOP_UNIT_COLUMN = "@size", "@stop_unit"  # per-bar risk inputs, never observed
 
 
 @dataclass(frozen=True)
 class MarketRules:
-    """How the kernel trades and rewards (units in each field's comment)."""
+    """How the kernel trades, charges and rewards (units in each field's comment)."""
 
     transaction_fee: float = 0.001    # fraction of traded notional
-    slippage_bps: float = 0.0         # basis points against the trade
+    slippage_bps: float = 0.0         # fixed, basis points against the trade
+    impact: float = 0.0               # extra slippage fraction x sqrt(order units / last bar volume)
+    max_participation: float = 0.0    # fill at most this fraction of the fill bar's volume (0 = off)
+    carry_unfilled: bool = True       # an unfilled remainder keeps trying next bar (else dropped)
     episode_length: int = 512         # bars per episode
     equity_floor: float = 0.0         # fraction of starting equity that ends an episode
     rebalance_threshold: float = 0.0  # |target - held| at or below this trades nothing
     reward: str = "log_return"        # a key of REWARDS
     reward_param: float = 0.0         # EMA rate (differential_sharpe) or penalty (drawdown_penalty)
+    max_leverage: float = 1.0         # cap on |position| / equity after sizing
+    stop_loss: float = 0.0            # exit when price moves this far against the entry (0 = off)
+    take_profit: float = 0.0          # exit when price moves this far in favour (0 = off)
+    trailing_stop: float = 0.0        # exit this far from the best price since entry (0 = off)
+    borrow_per_bar: float = 0.0       # fraction of short notional charged each bar
+    funding_per_bar: float = 0.0      # fraction of borrowed cash (negative cash) charged each bar
+    drawdown_limit: float = 0.0       # flatten and pause beyond this drawdown from the peak (0 = off)
+    pause_bars: int = 0               # bars the breaker keeps the account flat
 
     def __post_init__(self):
-        if self.transaction_fee < 0 or self.slippage_bps < 0:
-            raise ValueError("env.transaction_fee and env.slippage_bps must be >= 0")
+        for name in ("transaction_fee", "slippage_bps", "impact", "max_participation", "stop_loss",
+                     "take_profit", "trailing_stop", "borrow_per_bar", "funding_per_bar",
+                     "drawdown_limit"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if self.reward not in REWARDS:
             raise ValueError(f"env.reward={self.reward!r}; valid: {', '.join(REWARDS)}")
+
+    def vector(self) -> np.ndarray:
+        """The rules in the kernel's order (src/envs/kernels.py: FEE ... PAUSE_BARS)."""
+        values = [self.transaction_fee, self.slippage_bps / 1e4, self.impact,
+                  self.max_participation, float(self.carry_unfilled), self.episode_length,
+                  self.equity_floor, self.rebalance_threshold, REWARDS[self.reward],
+                  self.reward_param, self.max_leverage, self.stop_loss, self.take_profit,
+                  self.trailing_stop, self.borrow_per_bar, self.funding_per_bar,
+                  self.drawdown_limit, self.pause_bars]
+        assert len(values) == kernels.N_RULES == len(fields(self))
+        return np.asarray(values, dtype=np.float64)
+
+
+def market_bars(df: pd.DataFrame) -> np.ndarray:
+    """(T, 7) float64: open, high, low, close, volume, size multiplier, stop unit per bar.
+
+    ``@size`` / ``@stop_unit`` columns (from src/backtest/sizing.py) default to 1."""
+    ones = np.ones(len(df))
+    columns = [df[c].to_numpy(np.float64) for c in ["$open", "$high", "$low", "$close", "$volume"]]
+    columns += [df[c].to_numpy(np.float64) if c in df else ones for c in (SIZE_COLUMN, STOP_UNIT_COLUMN)]
+    return np.ascontiguousarray(np.stack(columns, axis=1))
 
 
 class VectorMarket:
@@ -38,7 +74,8 @@ class VectorMarket:
 
     Arrays (all length N unless noted): ``t`` bar index of the latest close seen, ``cash``,
     ``units`` (base currency), ``held`` (target fraction held), ``equity``, ``steps``, ``stats``
-    (N, 3) reward statistics; ``obs`` (N, window, F) float32 and ``account`` (N, 2) float32 are the
+    (N, 3) reward statistics, ``risk`` (N, 7) stop and breaker state, ``fills`` (N, 8) this
+    step's executions; ``obs`` (N, window, F) float32 and ``account`` (N, 2) float32 are the
     observation buffers, overwritten in place by every step.
     """
 
@@ -48,19 +85,18 @@ class VectorMarket:
             raise ValueError(f"{len(df)} bars cannot fill a window of {window_size} plus one step; "
                              "lower env.window_size or use more data")
         self.index = df.index
-        self.open = np.ascontiguousarray(df["$open"].to_numpy(dtype=np.float64))
-        self.close = np.ascontiguousarray(df["$close"].to_numpy(dtype=np.float64))
+        self.bars = market_bars(df)
         self.features = np.ascontiguousarray(df[feature_columns].to_numpy(dtype=np.float32))
-        self.num_envs, self.window, self.rules, self.auto_reset = num_envs, window_size, rules, auto_reset
+        self.num_envs, self.window, self.auto_reset = num_envs, window_size, auto_reset
+        self.rules, self._rules = rules, rules.vector()
         self.start_low = window_size - 1
         self.start_high = max(len(df) - 1 - rules.episode_length, self.start_low + 1)
         n = num_envs
         self.t, self.steps, self.starts = (np.zeros(n, np.int64) for _ in range(3))
         self.cash, self.units, self.held, self.equity = (np.zeros(n) for _ in range(4))
-        self.stats = np.zeros((n, 3))
+        self.stats, self.risk, self.fills = np.zeros((n, 3)), np.zeros((n, 7)), np.zeros((n, 8))
         self.reward = np.zeros(n, np.float32)
         self.terminated, self.truncated = np.zeros(n, np.bool_), np.zeros(n, np.bool_)
-        self.fill_price, self.traded_units, self.fee_paid = (np.zeros(n) for _ in range(3))
         self.obs = np.zeros((n, window_size, len(feature_columns)), np.float32)
         self.account = np.zeros((n, 2), np.float32)
         self._flat_features = self.features.reshape(-1)  # views for the kernel's contiguous copy
@@ -70,7 +106,11 @@ class VectorMarket:
 
     @property
     def n_bars(self) -> int:
-        return len(self.close)
+        return len(self.bars)
+
+    @property
+    def close(self) -> np.ndarray:
+        return self.bars[:, kernels.CLOSE]
 
     def seed(self, seed: int) -> None:
         """One independent generator per env, derived from ``seed``."""
@@ -86,17 +126,14 @@ class VectorMarket:
             if not self.window - 1 <= start < self.n_bars - 1:
                 raise ValueError(f"start bar {start} outside [{self.window - 1}, {self.n_bars - 1})")
             self.starts[mask] = start
-        kernels.reset_envs(mask, self.starts, self._flat_features, self.close, self.window, self.t,
+        kernels.reset_envs(mask, self.starts, self.bars, self._flat_features, self.window, self.t,
                            self.cash, self.units, self.held, self.equity, self.steps, self.stats,
-                           self._flat_obs, self.account)
+                           self.risk, self._flat_obs, self.account)
 
     def step(self, targets: np.ndarray) -> None:
         """Move every env one bar towards ``targets`` (N,) float64, fractions of equity."""
-        rules = self.rules
         kernels.step_envs(
-            targets, self.open, self.close, self._flat_features, self.window, rules.transaction_fee,
-            rules.slippage_bps / 1e4, rules.episode_length, rules.equity_floor,
-            rules.rebalance_threshold, REWARDS[rules.reward], rules.reward_param, self.auto_reset,
+            targets, self.bars, self._flat_features, self.window, self._rules, self.auto_reset,
             self.rng_state, self.start_low, self.start_high, self.t, self.cash, self.units,
-            self.held, self.equity, self.steps, self.stats, self._flat_obs, self.account, self.reward,
-            self.terminated, self.truncated, self.fill_price, self.traded_units, self.fee_paid)
+            self.held, self.equity, self.steps, self.stats, self.risk, self._flat_obs,
+            self.account, self.reward, self.terminated, self.truncated, self.fills)

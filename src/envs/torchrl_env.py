@@ -11,6 +11,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
+from src.backtest.metrics import periods_per_year
 from src.envs.actions import ActionSpace
 from src.envs.market import MarketRules, VectorMarket
 from src.registry import register
@@ -19,8 +20,8 @@ OHLCV = ["$open", "$high", "$low", "$close", "$volume"]
 
 
 def feature_columns(df: pd.DataFrame) -> list[str]:
-    """The observation columns of ``df``: every column that is not raw OHLCV."""
-    return [c for c in df.columns if c not in OHLCV]
+    """The observation columns of ``df``: every $-column that is not raw OHLCV."""
+    return [c for c in df.columns if c.startswith("$") and c not in OHLCV]
 
 
 class TradingEnv(EnvBase):
@@ -73,10 +74,22 @@ class TradingEnv(EnvBase):
         self.market.seed(0 if seed is None else seed)
 
 
-def market_rules(cfg) -> MarketRules:
-    """The kernel's rules from the ``env`` config group."""
-    return MarketRules(cfg.transaction_fee, cfg.slippage_bps, cfg.episode_length,
-                       cfg.equity_floor, cfg.rebalance_threshold, cfg.reward, cfg.reward_param)
+def market_rules(cfg, risk=None, index: pd.DatetimeIndex | None = None) -> MarketRules:
+    """The kernel's rules from the ``env`` config group, plus the ``backtest`` group's execution
+    and risk rules when ``risk`` is given (annual financing rates need the bars' ``index``)."""
+    rules = dict(transaction_fee=cfg.transaction_fee, slippage_bps=cfg.slippage_bps,
+                 episode_length=cfg.episode_length, equity_floor=cfg.equity_floor,
+                 rebalance_threshold=cfg.rebalance_threshold, reward=cfg.reward,
+                 reward_param=cfg.reward_param, max_leverage=cfg.max_leverage)
+    if risk is not None:
+        periods = periods_per_year(index)
+        rules.update(impact=risk.execution.impact, max_participation=risk.execution.max_participation,
+                     carry_unfilled=risk.execution.carry_unfilled, stop_loss=risk.stops.stop_loss,
+                     take_profit=risk.stops.take_profit, trailing_stop=risk.stops.trailing_stop,
+                     borrow_per_bar=risk.financing.borrow_rate / periods,
+                     funding_per_bar=risk.financing.funding_rate / periods,
+                     drawdown_limit=risk.breaker.drawdown_limit, pause_bars=risk.breaker.pause_bars)
+    return MarketRules(**rules)
 
 
 def action_space(cfg) -> ActionSpace:
@@ -84,8 +97,10 @@ def action_space(cfg) -> ActionSpace:
 
 
 @register("env", "vectorized")
-def build_trading_env(cfg, df: pd.DataFrame, seed: int, num_envs: int | None = None) -> TradingEnv:
-    """A ``TradingEnv`` over ``df`` from the ``env`` config group (``num_envs`` overrides)."""
+def build_trading_env(cfg, df: pd.DataFrame, seed: int, num_envs: int | None = None,
+                      risk=None) -> TradingEnv:
+    """A ``TradingEnv`` over ``df`` from the ``env`` config group (``num_envs`` overrides;
+    ``risk``: the ``backtest`` group, to train under its execution and risk rules)."""
     market = VectorMarket(df, feature_columns(df), num_envs or cfg.num_envs, cfg.window_size,
-                          market_rules(cfg), seed=seed)
+                          market_rules(cfg, risk, df.index), seed=seed)
     return TradingEnv(market, action_space(cfg))
