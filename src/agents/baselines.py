@@ -1,4 +1,7 @@
-"""Baselines that share the agent interface: buy-and-hold and random."""
+"""Baselines that share the agent interface: buy-and-hold, random and an SMA crossover."""
+import numpy as np
+import pandas as pd
+import talib
 import torch
 
 from src.agents.base import Agent
@@ -29,6 +32,36 @@ class RandomAgent(Agent):
 
     def act(self, market: torch.Tensor, account: torch.Tensor) -> torch.Tensor:
         return self.actions.sample(market.shape[0], self.generator)
+
+
+class SmaCross(Agent):
+    """Long while SMA(close, fast) > SMA(close, slow), flat otherwise: a fixed signal, so the
+    backtester can be checked against other backtesters on the same trades.
+
+    ``signals(df)`` returns one action per bar of ``df``, each from closes up to that bar; the
+    backtester takes the action of the decision bar instead of calling ``act``."""
+
+    name = "sma_cross"
+
+    def __init__(self, actions: ActionSpace, fast: int, slow: int):
+        if not 0 < fast < slow:
+            raise ValueError(f"agent.fast={fast}, agent.slow={slow}: need 0 < fast < slow")
+        self.actions, self.fast, self.slow = actions, fast, slow
+
+    def signals(self, df: pd.DataFrame) -> torch.Tensor:
+        close = df["$close"].to_numpy(np.float64)
+        long = torch.from_numpy(talib.SMA(close, self.fast) > talib.SMA(close, self.slow))
+        n = len(df)
+        shape = (n,) + (1,) * (self.actions.longest(1).dim() - 1)
+        return torch.where(long.reshape(shape), self.actions.longest(n), self.actions.flat(n))
+
+    def act(self, market: torch.Tensor, account: torch.Tensor) -> torch.Tensor:
+        raise TypeError("sma_cross trades on prices, not observations: use signals(df)")
+
+
+@register("agent", "sma_cross")
+def build_sma_cross(cfg, env, seed: int) -> SmaCross:
+    return SmaCross(env.actions, cfg.fast, cfg.slow)
 
 
 @register("agent", "buy_and_hold")

@@ -39,6 +39,12 @@ class ActionSpace:
             return torch.full((num_envs,), len(self.levels) - 1, dtype=torch.int64)
         return torch.full((num_envs, 1), self.high, dtype=torch.float32)
 
+    def flat(self, num_envs: int) -> torch.Tensor:
+        """The action that holds no position, for every env."""
+        if self.discrete:
+            return torch.full((num_envs,), int(torch.nonzero(self.levels == 0)[0, 0]), dtype=torch.int64)
+        return torch.zeros((num_envs, 1), dtype=torch.float32)
+
     def sample(self, num_envs: int, generator: torch.Generator) -> torch.Tensor:
         """Uniformly random actions."""
         if self.discrete:

@@ -181,7 +181,7 @@ def step_envs(targets, bars, features, window, rules, auto_reset, rng_state, sta
         target, wanted = targets[i], targets[i]
         if risk[i, PAUSE_LEFT] > 0:  # the drawdown breaker holds the account flat
             risk[i, PAUSE_LEFT] -= 1
-            target, wanted = 0.0, held[i]
+            target, wanted = 0.0, 0.0
         if abs(target - held[i]) > rules[REBALANCE] or (target == 0.0 and units[i] != 0.0):
             sized = min(max(target * bars[t[i], SIZE], -max_leverage), max_leverage)
             mark = cash[i] + units[i] * o  # equity at the open, before trading
