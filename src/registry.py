@@ -55,7 +55,7 @@ def lookup(group: str, name: str) -> Callable[..., Any]:
     except KeyError:
         valid = ", ".join(sorted(_REGISTRY[group]))
         raise UnknownComponentError(
-            f"unknown {group} {name!r} (config field {group}.name). Valid names: {valid}. "
+            f"unknown {group} {name!r} (config field {group}). Valid names: {valid}. "
             f"Pick one with `{group}=<name>` on the command line."
         ) from None
 
@@ -65,7 +65,14 @@ def build(group: str, cfg: Any, *args: Any, **kwargs: Any) -> Any:
     return lookup(group, cfg.name)(cfg, *args, **kwargs)
 
 
+def selected_names(node: Any) -> list[str]:
+    """The components a group's config selects: its ``name``, or, for a composable group such as
+    ``scenario`` ({name: params, ...}), every key."""
+    return [node.name] if "name" in node else list(node.keys())
+
+
 def validate(cfg: Any) -> None:
     """Fail before any work if a group of ``cfg`` names an unregistered component."""
     for group in GROUPS:
-        lookup(group, cfg[group].name)
+        for name in selected_names(cfg[group]):
+            lookup(group, name)

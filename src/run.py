@@ -17,15 +17,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from src import registry
 from src.agents.baselines import BuyAndHold, RandomAgent
-from src.backtest.engine import Execution
-from src.backtest.plots import save_plots
+from src.backtest.metrics import periods_per_year
+from src.backtest.plots import html_report, save_plots
 from src.backtest.sizing import with_risk_columns
 from src.data.ccxt_source import ExchangeConfigError
 from src.data.validate import DataValidationError
+from src.scenarios import apply_scenarios
 from src.splits import split_bounds, with_history
-from src.summary import report
+from src.summary import report, stress_report
 from src.tracking import listeners
 from src.tracking.mlflow_run import mlflow_run
+
+SCENARIO_DIR = Path(__file__).resolve().parents[1] / "conf" / "scenario"
 
 
 def seed_everything(seed: int) -> None:
@@ -34,35 +37,65 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_data(cfg: DictConfig) -> dict[str, pd.DataFrame | Execution]:
-    """Train / validation / test frames (OHLCV + features), the test one under the scenario.
+class Market:
+    """The run's bars: raw history, split bounds, featurised train/validation, and test frames
+    under any scenario (features recomputed on the stressed history; they only look back)."""
 
-    The scenario stresses raw bars from the test split's first bar on; features are then
-    recomputed on the whole stressed history (they only look back, so train is unchanged).
-    """
-    raw = registry.build("data", cfg.data)
-    quality = raw.attrs.get("data_quality")
-    bounds = split_bounds(len(raw), cfg.split.train, cfg.split.validation)
-    featurize = registry.build("features", cfg.features)
-    clean = with_risk_columns(featurize(raw, fit_rows=bounds.validation), cfg.backtest)
-    execution = Execution(cfg.env.transaction_fee, cfg.env.slippage_bps)
-    stressed_raw, test_execution = registry.build("scenario", cfg.scenario)(raw, execution, bounds.test)
-    stressed = (with_risk_columns(featurize(stressed_raw, fit_rows=bounds.validation), cfg.backtest)
-                if stressed_raw is not raw else clean)
-    shift = featurize.warmup_rows  # feature rows start after the indicators' warm-up
-    history = cfg.env.window_size - 1
-    val_start, test_start = bounds.validation - shift, bounds.test - shift
-    if val_start <= cfg.env.window_size + cfg.env.episode_length:
-        raise ValueError(f"train split has {val_start} bars after feature warm-up: too few for "
-                         f"window_size + episode_length; use more data (data.n_bars)")
-    return {
-        "quality": {"data_quality.bars": len(raw), "features.warmup_rows": shift,
-                    **{f"data_quality.{k}": v for k, v in (quality or {}).items()}},
-        "train": clean.iloc[:val_start],
-        "validation": with_history(clean, val_start, test_start, history),
-        "test": with_history(stressed, test_start, len(stressed), history),
-        "test_execution": test_execution,
-    }
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.raw = registry.build("data", cfg.data)
+        self.bounds = split_bounds(len(self.raw), cfg.split.train, cfg.split.validation)
+        self.featurize = registry.build("features", cfg.features)
+        self.clean = self._features(self.raw)
+        self.shift = self.featurize.warmup_rows  # feature rows start after the warm-up
+        self.history = cfg.env.window_size - 1
+        self.val_start = self.bounds.validation - self.shift
+        self.test_start = self.bounds.test - self.shift
+        if self.val_start <= cfg.env.window_size + cfg.env.episode_length:
+            raise ValueError(f"train split has {self.val_start} bars after feature warm-up: too few "
+                             "for window_size + episode_length; use more data (data.n_bars)")
+
+    def _features(self, raw: pd.DataFrame) -> pd.DataFrame:
+        return with_risk_columns(self.featurize(raw, fit_rows=self.bounds.validation), self.cfg.backtest)
+
+    def train(self, scenario: DictConfig | None = None) -> pd.DataFrame:
+        """Train bars; under ``scenario`` when training is domain-randomised."""
+        if scenario is None:
+            return self.clean.iloc[: self.val_start]
+        stressed, _ = apply_scenarios(self.raw.iloc[: self.bounds.validation], 0, scenario)
+        return self._features(stressed).iloc[: self.val_start]
+
+    def validation(self) -> pd.DataFrame:
+        return with_history(self.clean, self.val_start, self.test_start, self.history)
+
+    def test(self, scenario: DictConfig) -> tuple[pd.DataFrame, list]:
+        """Test bars (with ``window_size - 1`` bars of history) under ``scenario``, and the marks
+        of what it injected."""
+        stressed_raw, marks = apply_scenarios(self.raw, self.bounds.test, scenario)
+        stressed = self.clean if stressed_raw is self.raw else self._features(stressed_raw)
+        return with_history(stressed, self.test_start, len(stressed), self.history), marks
+
+    def quality(self) -> dict:
+        found = self.raw.attrs.get("data_quality") or {}
+        return {"data_quality.bars": len(self.raw), "features.warmup_rows": self.shift,
+                **{f"data_quality.{k}": v for k, v in found.items()}}
+
+
+def stress_scenarios(cfg: DictConfig) -> dict[str, DictConfig]:
+    """{name: scenario config} for stress mode: the run's own settings for a scenario it selects,
+    else the defaults in conf/scenario/<name>.yaml."""
+    out = {}
+    for name in cfg.stress.scenarios:
+        if name in cfg.scenario:
+            params = cfg.scenario[name]
+        else:
+            path = SCENARIO_DIR / f"{name}.yaml"
+            if not path.is_file():
+                registry.lookup("scenario", name)  # an unknown name lists the valid ones
+                raise FileNotFoundError(f"{path}: no defaults for scenario {name!r}")
+            params = OmegaConf.create({"seed": cfg.seed, "s": OmegaConf.load(path)}).s
+        out[name] = OmegaConf.create({name: OmegaConf.to_container(params, resolve=True)})
+    return out
 
 
 def run(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, float]]:
@@ -72,51 +105,79 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, float]]:
     registry.validate(cfg)
     registry.build("resources", cfg.resources)
     seed_everything(cfg.seed)
-    data = prepare_data(cfg)
+    market = Market(cfg)
     risk = cfg.backtest if cfg.backtest.apply_in_training else None
-    train_env = registry.build("env", cfg.env, data["train"], seed=cfg.seed, risk=risk)
+    train_scenario = cfg.scenario if cfg.stress.train_under_scenario else None
+    train_env = registry.build("env", cfg.env, market.train(train_scenario), seed=cfg.seed, risk=risk)
     agent = registry.build("agent", cfg.agent, train_env, seed=cfg.seed)
     backtester = registry.build("backtest", cfg.backtest, cfg.env, train_env.actions)
-    validation_execution = Execution(cfg.env.transaction_fee, cfg.env.slippage_bps)
+    validation_df = market.validation()
     with mlflow_run(cfg, run_name=cfg.run_name):
-        mlflow.log_params(data["quality"])
+        mlflow.log_params(market.quality())
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        checkpoint = cfg.agent.get("checkpoint")
-        if checkpoint:
-            agent.load(Path(checkpoint))
+        if cfg.agent.get("checkpoint"):
+            agent.load(Path(cfg.agent.checkpoint))
         else:
-            agent.fit(train_env, _log_metrics,
-                      lambda a: backtester.run(a, data["validation"], validation_execution).metrics)
+            agent.fit(train_env, _log_metrics, lambda a: backtester.run(a, validation_df).metrics)
         contenders = {agent.name: agent}
         contenders.setdefault("buy_and_hold", BuyAndHold(train_env.actions))
         contenders.setdefault("random", RandomAgent(train_env.actions, cfg.seed))
-        results = {name: backtester.run(a, data["test"], data["test_execution"])
-                   for name, a in contenders.items()}
-        main = results[agent.name]
-        validation = backtester.run(agent, data["validation"], validation_execution).metrics
-        mlflow.log_metrics({f"val/{k}": v for k, v in validation.items()})
-        mlflow.log_metrics({f"test/{k}": v for k, v in main.metrics.items()})
-        for name, result in results.items():
-            if name != agent.name:
-                mlflow.log_metrics({f"baseline/{name}/{k}": v for k, v in result.metrics.items()})
-        main.trades.to_csv(output_dir / "trades.csv", index=False)
-        main.equity.to_csv(output_dir / "equity.csv")
-        artifacts = [output_dir / "config.yaml", output_dir / "trades.csv", output_dir / "equity.csv"]
-        if cfg.backtest.plots:
-            artifacts += save_plots({n: r.equity for n, r in results.items()},
-                                    output_dir / "plots", agent.name)
+        validation = backtester.run(agent, validation_df).metrics
+        # at the last training step, so MLflow's latest val/* is the selected policy's
+        mlflow.log_metrics({f"val/{k}": v for k, v in validation.items()}, step=agent.frames_trained)
+        artifacts = [output_dir / "config.yaml"]
+        if cfg.mode == "stress":
+            metrics = _stress(cfg, market, backtester, agent, contenders, output_dir, artifacts)
+        else:
+            metrics = _backtest(cfg, market, backtester, agent, contenders, output_dir, artifacts)
         saved = agent.save(output_dir / "policy.pt")
-        artifacts += [saved] if saved else []
-        metrics = {name: r.metrics for name, r in results.items()}
-        title = (f"Test split ({data['test'].index[cfg.env.window_size - 1]:%Y-%m-%d} .. "
-                 f"{data['test'].index[-1]:%Y-%m-%d}), scenario={cfg.scenario.name}")
-        report(metrics, title, output_dir / "summary.json")
-        artifacts.append(output_dir / "summary.json")
-        for path in artifacts:
+        for path in artifacts + ([saved] if saved else []):
             mlflow.log_artifact(str(path))
         mlflow.log_metric("run_seconds", time.perf_counter() - started)
     return {**metrics, "validation": validation}
+
+
+def _backtest(cfg, market, backtester, agent, contenders, output_dir, artifacts) -> dict:
+    """Every contender on the test split under ``cfg.scenario``: table, files, MLflow."""
+    test_df, marks = market.test(cfg.scenario)
+    results = {name: backtester.run(a, test_df) for name, a in contenders.items()}
+    main = results[agent.name]
+    mlflow.log_metrics({f"test/{k}": v for k, v in main.metrics.items()})
+    for name, result in results.items():
+        if name != agent.name:
+            mlflow.log_metrics({f"baseline/{name}/{k}": v for k, v in result.metrics.items()})
+    main.trades.to_csv(output_dir / "trades.csv", index=False)
+    main.equity.to_csv(output_dir / "equity.csv")
+    metrics = {name: r.metrics for name, r in results.items()}
+    title = (f"Test split ({test_df.index[cfg.env.window_size - 1]:%Y-%m-%d} .. "
+             f"{test_df.index[-1]:%Y-%m-%d}), scenario={'+'.join(cfg.scenario)}")
+    artifacts += [output_dir / "trades.csv", output_dir / "equity.csv"]
+    if cfg.backtest.plots:
+        images = save_plots({n: r.equity for n, r in results.items()}, main.positions,
+                            output_dir / "plots", agent.name, periods_per_year(main.equity.index), marks)
+        artifacts += images + [html_report(title, metrics, images, main.trades, output_dir / "report.html")]
+    report(metrics, title, output_dir / "summary.json")
+    artifacts.append(output_dir / "summary.json")
+    return metrics
+
+
+def _stress(cfg, market, backtester, agent, contenders, output_dir, artifacts) -> dict:
+    """The agent and buy-and-hold under every stress scenario, against ``none``."""
+    table = {}
+    for name, scenario in stress_scenarios(cfg).items():
+        test_df, marks = market.test(scenario)
+        results = {n: backtester.run(a, test_df) for n, a in contenders.items() if n != "random"}
+        table[name] = {n: r.metrics for n, r in results.items()}
+        for n, r in results.items():
+            mlflow.log_metrics({f"stress/{name}/{n}/{k}": v for k, v in r.metrics.items()})
+        if cfg.backtest.plots:
+            artifacts += save_plots({n: r.equity for n, r in results.items()},
+                                    results[agent.name].positions, output_dir / "plots" / name,
+                                    agent.name, periods_per_year(test_df.index), marks)[:1]
+    stress_report(table, agent.name, output_dir / "stress.json")
+    artifacts.append(output_dir / "stress.json")
+    return table.get("none", next(iter(table.values())))
 
 
 USER_ERRORS = (DataValidationError, ExchangeConfigError, registry.UnknownComponentError,

@@ -28,3 +28,19 @@ def report(metrics_by_agent: dict[str, dict[str, float]], title: str, json_path:
     """Print the comparison table and write every metric of every agent to ``json_path``."""
     Console().print(summary_table(metrics_by_agent, title))
     json_path.write_text(json.dumps({"title": title, "agents": metrics_by_agent}, indent=2))
+
+
+def stress_report(table: dict[str, dict[str, dict[str, float]]], agent: str, json_path: Path) -> None:
+    """Print {scenario: {agent: metrics}}, one row per scenario and agent, with the change of
+    Sharpe against scenario ``none``; write the same to ``json_path``."""
+    baseline = table.get("none", {})
+    out = Table(title=f"Stress test of {agent} (Sharpe change vs none)")
+    for column in ("Scenario", "Agent", "Total return", "Sharpe", "dSharpe", "Max drawdown", "Trades"):
+        out.add_column(column, justify="left" if column in ("Scenario", "Agent") else "right")
+    for scenario, by_agent in table.items():
+        for name, m in by_agent.items():
+            delta = m["sharpe"] - baseline[name]["sharpe"] if name in baseline else float("nan")
+            out.add_row(scenario, name, f"{m['total_return']:+.2%}", f"{m['sharpe']:+.2f}",
+                        f"{delta:+.2f}", f"{m['max_drawdown']:.2%}", f"{m['trades']:.0f}")
+    Console().print(out)
+    json_path.write_text(json.dumps(table, indent=2))

@@ -6,6 +6,8 @@ from hydra.errors import MissingConfigException
 
 from src import registry
 from src.data.synthetic import synthetic_ohlcv
+from src.data.validate import validate_ohlcv
+from src.scenarios import apply_scenarios
 from tests.conftest import ROOT, compose_config
 from tests.fake_exchange import FakeBinance
 
@@ -37,10 +39,14 @@ def build_all(cfg, market_df):
     env = registry.build("env", cfg.env, market_df, seed=0, num_envs=4)
     agent = registry.build("agent", cfg.agent, env, seed=0)
     td = env.reset()
-    actions = agent.act(td["market"], td["account"])
+    if hasattr(agent, "signals"):  # fixed-signal agents act on bars, not observations
+        actions = agent.signals(market_df)[-4:]
+    else:
+        actions = agent.act(td["market"], td["account"])
     assert env.action_spec.is_in(actions)
     registry.build("backtest", cfg.backtest, cfg.env, env.actions)
-    registry.build("scenario", cfg.scenario)
+    stressed, _ = apply_scenarios(raw, len(raw) // 2, cfg.scenario)
+    validate_ohlcv(stressed[list(raw.columns[:5])])
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +91,13 @@ def test_unknown_component_name_lists_valid_names():
         registry.validate(cfg)
     message = str(error.value)
     assert "'sac'" in message and "buy_and_hold, ppo, random" in message
+
+
+def test_scenarios_compose_in_order():
+    cfg = compose_config(["scenario=[flash_crash,low_liquidity]", "scenario.flash_crash.drop=0.5"])
+    assert list(cfg.scenario) == ["flash_crash", "low_liquidity"] and cfg.scenario.flash_crash.drop == 0.5
+    assert cfg.run_name == "ppo-flash_crash+low_liquidity"
+    registry.validate(cfg)
 
 
 def test_unknown_config_option_lists_options():

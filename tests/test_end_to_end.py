@@ -12,7 +12,8 @@ from tests.conftest import ROOT, run_cli, runs
 TINY = ["data.n_bars=2500", "agent.total_frames=2048", "agent.frames_per_batch=1024",
         "agent.minibatch_size=512", "env.num_envs=16", "env.episode_length=256"]
 TEST_METRICS = ["total_return", "cagr", "volatility", "sharpe", "sortino", "max_drawdown",
-                "calmar", "trades", "exposure"]
+                "max_drawdown_bars", "calmar", "var_95", "cvar_95", "win_rate", "profit_factor",
+                "avg_trade", "exposure", "turnover", "fees", "financing", "trades"]
 
 
 @pytest.mark.slow
@@ -28,8 +29,10 @@ def test_single_run_logs_metrics_params_and_artifacts(tmp_path):
     assert [m.step for m in history] == [1024, 2048]  # a training curve, one point per batch
     assert run.data.params["agent.lr"] == "0.0003" and run.data.params["env.window_size"] == "32"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "trades.csv", "equity.csv", "policy.pt", "summary.json",
-            "equity.png", "drawdown.png", "returns.png"} <= artifacts
+    assert {"config.yaml", "trades.csv", "equity.csv", "policy.pt", "summary.json", "report.html",
+            "equity.png", "drawdown.png", "returns.png", "position.png", "rolling_sharpe.png"} <= artifacts
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 5 and "max_drawdown" in page  # self-contained
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["agents"]) == {"ppo", "buy_and_hold", "random"}
     assert summary["agents"]["ppo"]["sharpe"] == pytest.approx(run.data.metrics["test/sharpe"])
@@ -67,7 +70,7 @@ def test_baseline_with_scenario_and_fee_override(tmp_path):
             "data.n_bars=2500", f"hydra.run.dir={out}")
     (run,) = runs(tmp_path)
     assert run.data.params["env.transaction_fee"] == "0.002"
-    assert run.data.params["scenario.name"] == "low_liquidity"
+    assert run.data.params["scenario.low_liquidity.volume_scale"] == "0.2"
     assert run.data.metrics["test/trades"] == 1
 
 
@@ -79,3 +82,18 @@ def test_unknown_name_fails_before_any_work(tmp_path):
     assert result.returncode != 0
     assert "Valid names: buy_and_hold, ppo, random" in result.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_stress_mode_reports_every_scenario(tmp_path):
+    out = tmp_path / "out"
+    result = run_cli(tmp_path, *TINY, "mode=stress", f"hydra.run.dir={out}")
+    assert "Stress test of ppo" in result.stdout
+    table = json.loads((out / "stress.json").read_text())
+    scenarios = ["none", "flash_crash", "low_liquidity", "volatility_spike", "gap", "fee_spike",
+                 "trend_reversal"]
+    assert list(table) == scenarios and all(set(table[s]) == {"ppo", "buy_and_hold"} for s in scenarios)
+    assert table["flash_crash"]["buy_and_hold"]["total_return"] < table["none"]["buy_and_hold"]["total_return"]
+    assert all((out / "plots" / s / "equity.png").is_file() for s in scenarios)
+    (run,) = runs(tmp_path)
+    assert "stress/gap/ppo/sharpe" in run.data.metrics

@@ -6,7 +6,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from src.agents.baselines import SmaCross
-from src.backtest.engine import Backtester, Execution
+from src.backtest.engine import Backtester
 from src.data.file_source import load_sample
 from src.envs.actions import ActionSpace
 from tests.conftest import compose_config
@@ -37,7 +37,7 @@ def test_same_trades_as_backtesting_py():
     df["$f"] = 0.0  # the signal needs no features
     cfg = compose_config(["env.window_size=2", "env.transaction_fee=0", "env.slippage_bps=0"])
     actions = ActionSpace("discrete", False, 1.0)
-    result = Backtester(cfg.backtest, cfg.env, actions).run(SmaCross(actions, 10, 20), df, Execution(0.0, 0.0))
+    result = Backtester(cfg.backtest, cfg.env, actions).run(SmaCross(actions, 10, 20), df)
     ours = result.trades
     theirs = reference_trades()
     entries, exits = ours[ours.side == "buy"], ours[ours.side == "sell"]

@@ -15,6 +15,7 @@ class Agent:
     """
 
     name = "agent"
+    frames_trained = 0  # env frames learned from (the MLflow step of end-of-training metrics)
 
     def fit(self, train_env, log: MetricLogger, evaluate=None) -> None:
         """Learn from ``train_env`` (a batched TradingEnv); ``evaluate(agent)`` returns validation

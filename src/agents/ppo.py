@@ -45,6 +45,7 @@ class _WithParams(nn.Module):
 
 class PPOAgent(Agent):
     name = "ppo"
+    frames_trained = 0
 
     def __init__(self, cfg, window_size: int, n_features: int, actions: ActionSpace, spec, seed: int):
         self.cfg, self.seed, self.actions = cfg, seed, actions
@@ -124,6 +125,7 @@ class PPOAgent(Agent):
                 if best.exhausted:
                     break
         collector.shutdown()
+        self.frames_trained = frames
         if best.state is not None:
             self.actor.load_state_dict(best.state)
             log({"val/best_sharpe": best.score, "val/best_iteration": best.iteration}, frames)

@@ -28,25 +28,15 @@ class BacktestResult:
     metrics: dict[str, float]
 
 
-@dataclass
-class Execution:
-    """Costs the backtest charges (a scenario may raise them)."""
-
-    transaction_fee: float
-    slippage_bps: float
-
-
 class Backtester:
     def __init__(self, cfg, env_cfg, actions: ActionSpace):
         self.cfg, self.env_cfg, self.actions = cfg, env_cfg, actions
 
-    def run(self, agent: Agent, df: pd.DataFrame, execution: Execution) -> BacktestResult:
+    def run(self, agent: Agent, df: pd.DataFrame) -> BacktestResult:
         """Walk ``agent`` over ``df``: its first ``window_size - 1`` bars are history only; the
         first decision is at the close of bar ``window_size - 1``, the first fill one bar later."""
         window = self.env_cfg.window_size
-        rules = replace(market_rules(self.env_cfg, self.cfg, df.index),
-                        transaction_fee=execution.transaction_fee,
-                        slippage_bps=execution.slippage_bps, episode_length=len(df),
+        rules = replace(market_rules(self.env_cfg, self.cfg, df.index), episode_length=len(df),
                         equity_floor=0.0)
         market = VectorMarket(df, feature_columns(df), 1, window, rules)
         market.reset(start=window - 1)

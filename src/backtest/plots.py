@@ -1,38 +1,88 @@
-"""PNG plots of a backtest: equity vs buy-and-hold, drawdown, return distribution."""
+"""PNG plots of a backtest and a self-contained HTML report of them.
+
+Plots: equity vs the other agents (buy-and-hold among them), drawdown, returns distribution,
+position over time, rolling Sharpe. ``marks`` (start, end) timestamps shade a window, e.g. the
+bars a scenario injected.
+"""
+import base64
+import html
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+Marks = list[tuple[pd.Timestamp, pd.Timestamp]]
 
-def save_plots(equity_curves: dict[str, pd.Series], out_dir: Path, highlight: str) -> list[Path]:
-    """Write equity.png, drawdown.png and returns.png for ``highlight`` (others for comparison)."""
+
+def save_plots(equity_curves: dict[str, pd.Series], positions: np.ndarray, out_dir: Path,
+               highlight: str, periods: float, marks: Marks = ()) -> list[Path]:
+    """Write equity/drawdown/returns/position/rolling_sharpe PNGs for ``highlight``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    fig, ax = plt.subplots(figsize=(10, 4))
-    for name, equity in equity_curves.items():
-        ax.plot(equity.index, equity / equity.iloc[0], label=name, lw=2 if name == highlight else 1)
-    ax.set(title="Equity on the test split (start = 1)", ylabel="equity multiple")
-    ax.legend()
-    paths.append(_save(fig, out_dir / "equity.png"))
     equity = equity_curves[highlight]
+    returns = equity.pct_change().dropna()
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for name, curve in equity_curves.items():
+        ax.plot(curve.index, curve / curve.iloc[0], label=name, lw=2 if name == highlight else 1)
+    ax.set(title="Equity (start = 1)", ylabel="equity multiple")
+    ax.legend()
+    paths.append(_save(fig, ax, out_dir / "equity.png", marks))
+
     fig, ax = plt.subplots(figsize=(10, 3))
     drawdown = equity / equity.cummax() - 1.0
     ax.fill_between(drawdown.index, drawdown.to_numpy(), 0.0, color="tab:red", alpha=0.5)
     ax.set(title=f"Drawdown of {highlight}", ylabel="drawdown")
-    paths.append(_save(fig, out_dir / "drawdown.png"))
+    paths.append(_save(fig, ax, out_dir / "drawdown.png", marks))
+
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.hist(equity.pct_change().dropna().to_numpy(), bins=80, color="tab:blue")
+    ax.hist(returns.to_numpy(), bins=80, color="tab:blue")
     ax.set(title=f"Per-bar returns of {highlight}", xlabel="return", ylabel="bars")
-    paths.append(_save(fig, out_dir / "returns.png"))
+    paths.append(_save(fig, ax, out_dir / "returns.png", ()))
+
+    fig, ax = plt.subplots(figsize=(10, 3))
+    ax.step(equity.index, positions[: len(equity)], where="post", color="tab:green")
+    ax.set(title=f"Position of {highlight} (fraction of equity)", ylabel="position")
+    paths.append(_save(fig, ax, out_dir / "position.png", marks))
+
+    fig, ax = plt.subplots(figsize=(10, 3))
+    window = max(min(len(returns) // 10, int(periods / 12)), 5)
+    rolling = returns.rolling(window).mean() / returns.rolling(window).std() * np.sqrt(periods)
+    ax.plot(rolling.index, rolling.to_numpy(), color="tab:purple")
+    ax.axhline(0.0, color="grey", lw=0.5)
+    ax.set(title=f"Rolling Sharpe of {highlight} ({window} bars)", ylabel="Sharpe")
+    paths.append(_save(fig, ax, out_dir / "rolling_sharpe.png", marks))
     return paths
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, ax, path: Path, marks: Marks) -> Path:
+    for start, end in marks:
+        ax.axvspan(start, end, color="orange", alpha=0.25, label="injected")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
+    return path
+
+
+def html_report(title: str, metrics: dict[str, dict[str, float]], images: list[Path],
+                trades: pd.DataFrame, path: Path) -> Path:
+    """One self-contained HTML file: metrics table, embedded plots, the first trades."""
+    names = list(metrics)
+    keys = list(next(iter(metrics.values())))
+    rows = "".join(f"<tr><th>{html.escape(k)}</th>" + "".join(
+        f"<td>{metrics[n][k]:.4g}</td>" for n in names) + "</tr>" for k in keys)
+    table = f"<table><tr><th></th>{''.join(f'<th>{html.escape(n)}</th>' for n in names)}</tr>{rows}</table>"
+    pictures = "".join(
+        f'<img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+        for p in images)
+    style = ("body{font-family:sans-serif;margin:2em} table{border-collapse:collapse} "
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right} img{max-width:100%;display:block}")
+    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+                    f"</title><style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
+                    f"<h2>Metrics</h2>{table}<h2>Plots</h2>{pictures}<h2>Trades (first 200)</h2>"
+                    f"{trades.head(200).to_html(index=False)}</body></html>")
     return path

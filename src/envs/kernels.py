@@ -22,8 +22,8 @@ from numba import njit
 MIN_EQUITY = 1e-12  # equity is clamped here inside the log reward when an env is wiped out
 LOG_RETURN, DIFFERENTIAL_SHARPE, DRAWDOWN_PENALTY = 0, 1, 2
 
-# columns of ``bars`` (T, 7)
-OPEN, HIGH, LOW, CLOSE, VOLUME, SIZE, STOP_UNIT = range(7)
+# columns of ``bars`` (T, 9): prices, volume, size multiplier, stop unit, fee and slippage scales
+OPEN, HIGH, LOW, CLOSE, VOLUME, SIZE, STOP_UNIT, FEE_SCALE, SLIPPAGE_SCALE = range(9)
 # entries of ``rules`` (float64 vector, see src/envs/market.py: MarketRules.vector)
 (FEE, SLIPPAGE, IMPACT, MAX_PARTICIPATION, CARRY, EPISODE_LENGTH, EQUITY_FLOOR, REBALANCE,
  REWARD_KIND, REWARD_PARAM, MAX_LEVERAGE, STOP_LOSS, TAKE_PROFIT, TRAILING, BORROW, FUNDING,
@@ -124,10 +124,11 @@ def _reward(kind, param, previous_equity, new_equity, stats, i):
 
 
 @njit(cache=True, error_model="numpy")
-def _slippage(rules, units_traded, last_volume):
-    """Fraction of the price paid against the trade: fixed + impact * sqrt(participation)."""
+def _slippage(rules, units_traded, last_volume, scale):
+    """Fraction of the price paid against the trade: (fixed x the bar's scale) + impact x
+    sqrt(participation in the last known bar's volume)."""
     participation = abs(units_traded) / last_volume if last_volume > 0 else 1.0
-    return rules[SLIPPAGE] + rules[IMPACT] * np.sqrt(participation)
+    return rules[SLIPPAGE] * scale + rules[IMPACT] * np.sqrt(participation)
 
 
 @njit(cache=True, error_model="numpy")
@@ -192,8 +193,9 @@ def step_envs(targets, bars, features, window, rules, auto_reset, rng_state, sta
                 traded = np.sign(traded) * cap
             if traded != 0.0:
                 before = units[i]
-                price = o * (1.0 + _slippage(rules, traded, bars[t[i], VOLUME]) * np.sign(traded))
-                fee = abs(traded) * price * rules[FEE]
+                slip = _slippage(rules, traded, bars[t[i], VOLUME], bars[nxt, SLIPPAGE_SCALE])
+                price = o * (1.0 + slip * np.sign(traded))
+                fee = abs(traded) * price * rules[FEE] * bars[nxt, FEE_SCALE]
                 cash[i] -= traded * price + fee
                 units[i] += traded
                 fills[i, ENTRY_PRICE], fills[i, ENTRY_UNITS], fills[i, ENTRY_FEE] = price, traded, fee
@@ -210,8 +212,9 @@ def step_envs(targets, bars, features, window, rules, auto_reset, rng_state, sta
             exit_price, reason = _stop_exit(units[i], risk[i], o, h, l, entered_now)
             if reason != NO_EXIT:
                 traded = -units[i]
-                price = exit_price * (1.0 + _slippage(rules, traded, bars[t[i], VOLUME]) * np.sign(traded))
-                fee = abs(traded) * price * rules[FEE]
+                slip = _slippage(rules, traded, bars[t[i], VOLUME], bars[nxt, SLIPPAGE_SCALE])
+                price = exit_price * (1.0 + slip * np.sign(traded))
+                fee = abs(traded) * price * rules[FEE] * bars[nxt, FEE_SCALE]
                 cash[i] -= traded * price + fee
                 units[i] = 0.0
                 fills[i, EXIT_PRICE], fills[i, EXIT_UNITS], fills[i, EXIT_FEE] = price, traded, fee

@@ -12,7 +12,9 @@ from src.envs import kernels
 
 REWARDS = {"log_return": kernels.LOG_RETURN, "differential_sharpe": kernels.DIFFERENTIAL_SHARPE,
            "drawdown_penalty": kernels.DRAWDOWN_PENALTY}
-SIZE_COLUMN, STOP_UNIT_COLUMN = "@size", "@stop_unit"  # per-bar risk inputs, never observed
+# per-bar inputs of the kernel, never observed: sizing, stop unit, fee and slippage multipliers
+SIZE_COLUMN, STOP_UNIT_COLUMN, FEE_SCALE_COLUMN, SLIPPAGE_SCALE_COLUMN = (
+    "@size", "@stop_unit", "@fee_scale", "@slippage_scale")
 
 
 @dataclass(frozen=True)
@@ -60,12 +62,11 @@ class MarketRules:
 
 
 def market_bars(df: pd.DataFrame) -> np.ndarray:
-    """(T, 7) float64: open, high, low, close, volume, size multiplier, stop unit per bar.
-
-    ``@size`` / ``@stop_unit`` columns (from src/backtest/sizing.py) default to 1."""
+    """(T, 9) float64: open, high, low, close, volume, then the @-columns above (default 1)."""
     ones = np.ones(len(df))
     columns = [df[c].to_numpy(np.float64) for c in ["$open", "$high", "$low", "$close", "$volume"]]
-    columns += [df[c].to_numpy(np.float64) if c in df else ones for c in (SIZE_COLUMN, STOP_UNIT_COLUMN)]
+    columns += [df[c].to_numpy(np.float64) if c in df else ones for c in
+                (SIZE_COLUMN, STOP_UNIT_COLUMN, FEE_SCALE_COLUMN, SLIPPAGE_SCALE_COLUMN)]
     return np.ascontiguousarray(np.stack(columns, axis=1))
 
 

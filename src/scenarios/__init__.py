@@ -1,2 +1,21 @@
-"""Scenario injectors; importing registers them."""
+"""Scenario injectors (importing registers them) and their composition."""
+import pandas as pd
+
+from src import registry
 from src.scenarios import injectors  # noqa: F401
+
+Marks = list[tuple[pd.Timestamp, pd.Timestamp]]
+
+
+def apply_scenarios(df: pd.DataFrame, start: int, scenario_cfg) -> tuple[pd.DataFrame, Marks]:
+    """Apply each injector of ``scenario_cfg`` ({name: params}, in order) from row ``start``."""
+    marks: Marks = []
+    for name, params in scenario_cfg.items():
+        df, injected = registry.lookup("scenario", name)(df, start, params)
+        marks += injected
+    return df, marks
+
+
+def scenario_names(scenario_cfg) -> str:
+    """'none', 'flash_crash', 'flash_crash+low_liquidity', ..."""
+    return "+".join(scenario_cfg.keys())

@@ -194,12 +194,16 @@ class RayTuneSweeper(Sweeper):
             rows.append({"params": params, "value": metrics.get(conf.metric), "error": error,
                          "stopped": stopped, "trial_id": metrics.get("trial_id")})
         _mark_stopped_runs(parent_run_id, [r["trial_id"] for r in rows if r["stopped"]])
-        finished = [r for r in rows if r["value"] is not None and not r["error"]]
-        finished.sort(key=lambda r: r["value"], reverse=conf.mode == "max")
-        failed = [r for r in rows if r not in finished]
-        Console().print(_table(finished + failed, list(space), conf.metric))
+        def ranked(subset):
+            return sorted(subset, key=lambda r: r["value"], reverse=conf.mode == "max")
+
+        # only trials that ran to the end compete: a stopped trial's value is an intermediate one
+        finished = ranked(r for r in rows if r["value"] is not None and not r["error"] and not r["stopped"])
+        stopped = ranked(r for r in rows if r["value"] is not None and r["stopped"])
+        failed = [r for r in rows if r["error"] or r["value"] is None]
+        Console().print(_table(finished + stopped + failed, list(space), conf.metric))
         if not finished:
-            raise RuntimeError(f"every trial failed; see {sweep_dir}/ray_results")
+            raise RuntimeError(f"no trial completed; see {sweep_dir}/ray_results")
         best = finished[0]
         results = {"name": "ray_tune", "metric": conf.metric, "mode": conf.mode,
                    "best_evaluated_params": best["params"], "best_value": best["value"],
