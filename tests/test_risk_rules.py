@@ -143,3 +143,21 @@ def test_training_env_uses_the_backtests_rules(market_df):
     env = registry.build("env", cfg.env, market_df, seed=0, risk=cfg.backtest)
     assert env.market.rules == market_rules(cfg.env, cfg.backtest, market_df.index)
     assert env.market.rules.stop_loss == 3.0 and env.market.rules.max_participation == 0.1
+
+
+def test_low_liquidity_makes_the_participation_cap_bind(market_df):
+    from src import registry
+    from src.agents.baselines import BuyAndHold
+    from src.scenarios import apply_scenarios
+
+    cfg = compose_config(["scenario=low_liquidity", "backtest.initial_cash=2e7",
+                          "backtest.execution.max_participation=0.05"])
+    bars_df = market_df.iloc[:400]
+    env = registry.build("env", cfg.env, bars_df, seed=0, num_envs=1)
+    backtester = registry.build("backtest", cfg.backtest, cfg.env, env.actions)
+    normal = backtester.run(BuyAndHold(env.actions), bars_df).trades
+    thin, _ = apply_scenarios(bars_df, 0, cfg.scenario)
+    stressed = backtester.run(BuyAndHold(env.actions), thin).trades
+    assert len(stressed) > len(normal) and stressed.partial.iloc[0]  # filled over several bars
+    volume = thin["$volume"].reindex(stressed.timestamp).to_numpy()
+    assert (stressed.units.abs().to_numpy() <= 0.05 * volume * (1 + 1e-9)).all()

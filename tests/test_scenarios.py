@@ -89,3 +89,13 @@ def test_no_fill_inside_a_gap(market_df):
     assert list(stamps) == [reopening]  # the order waits through the outage, fills at the reopening
     fill = trades[stamps == reopening].iloc[0]
     assert fill.price == pytest.approx(df.loc[reopening, "$open"], rel=2e-4)  # open + slippage
+
+
+def test_training_can_run_under_the_scenario():
+    from src.run import Market
+
+    cfg = compose_config(["scenario=volatility_spike", "data.n_bars=3000", "stress.train_under_scenario=true"])
+    market = Market(cfg)
+    plain, stressed = market.train(), market.train(cfg.scenario)
+    assert plain.index.equals(stressed.index) and not plain["$close"].equals(stressed["$close"])
+    assert market.validation().equals(Market(compose_config(["data.n_bars=3000"])).validation())

@@ -59,7 +59,7 @@ class Backtester:
         curve = pd.Series(equity * scale, index=df.index[window - 1 : window - 1 + len(equity)],
                           name="equity")
         trades = pd.DataFrame(fills, columns=["timestamp", "side", "units", "price", "fee",
-                                              "financing", "reason"])
+                                              "financing", "reason", "partial"])
         trades[["units", "fee", "financing"]] *= scale
         metrics = compute_metrics(curve, positions, trades, self.cfg.periods_per_year,
                                   self.cfg.risk_free_rate)
@@ -69,14 +69,15 @@ class Backtester:
 def _fills(row: np.ndarray, stamp: pd.Timestamp) -> list[tuple]:
     """This bar's executions (an order at the open, then perhaps a stop exit in the bar)."""
     out = []
-    for units, price, fee, reason in [
-        (row[kernels.ENTRY_UNITS], row[kernels.ENTRY_PRICE], row[kernels.ENTRY_FEE], "signal"),
+    for units, price, fee, reason, partial in [
+        (row[kernels.ENTRY_UNITS], row[kernels.ENTRY_PRICE], row[kernels.ENTRY_FEE], "signal",
+         bool(row[kernels.PARTIAL])),
         (row[kernels.EXIT_UNITS], row[kernels.EXIT_PRICE], row[kernels.EXIT_FEE],
-         EXIT_REASONS.get(int(row[kernels.EXIT_REASON]), "")),
+         EXIT_REASONS.get(int(row[kernels.EXIT_REASON]), ""), False),
     ]:
         if units != 0.0:
             out.append((stamp, "buy" if units > 0 else "sell", units, price, fee,
-                        row[kernels.FINANCING], reason))
+                        row[kernels.FINANCING], reason, partial))
     return out
 
 

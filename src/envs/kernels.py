@@ -27,12 +27,13 @@ OPEN, HIGH, LOW, CLOSE, VOLUME, SIZE, STOP_UNIT, FEE_SCALE, SLIPPAGE_SCALE = ran
 # entries of ``rules`` (float64 vector, see src/envs/market.py: MarketRules.vector)
 (FEE, SLIPPAGE, IMPACT, MAX_PARTICIPATION, CARRY, EPISODE_LENGTH, EQUITY_FLOOR, REBALANCE,
  REWARD_KIND, REWARD_PARAM, MAX_LEVERAGE, STOP_LOSS, TAKE_PROFIT, TRAILING, BORROW, FUNDING,
- DRAWDOWN_LIMIT, PAUSE_BARS) = range(18)
-N_RULES = 18
+ DRAWDOWN_LIMIT, PAUSE_BARS, CAPITAL) = range(19)
+N_RULES = 19
 # columns of the per-env ``risk`` state (N, 7): distances are fractions of the entry price
 ENTRY, EXTREME, STOP_DIST, TAKE_DIST, TRAIL_DIST, PAUSE_LEFT, BREAKER_PEAK = range(7)
-# columns of ``fills`` (N, 8), this step's executions
-ENTRY_PRICE, ENTRY_UNITS, ENTRY_FEE, EXIT_PRICE, EXIT_UNITS, EXIT_FEE, EXIT_REASON, FINANCING = range(8)
+# columns of ``fills`` (N, 9), this step's executions (PARTIAL: the order hit the volume cap)
+(ENTRY_PRICE, ENTRY_UNITS, ENTRY_FEE, EXIT_PRICE, EXIT_UNITS, EXIT_FEE, EXIT_REASON, FINANCING,
+ PARTIAL) = range(9)
 NO_EXIT, STOP_EXIT, TAKE_EXIT, TRAIL_EXIT = 0, 1, 2, 3
 
 
@@ -126,8 +127,9 @@ def _reward(kind, param, previous_equity, new_equity, stats, i):
 @njit(cache=True, error_model="numpy")
 def _slippage(rules, units_traded, last_volume, scale):
     """Fraction of the price paid against the trade: (fixed x the bar's scale) + impact x
-    sqrt(participation in the last known bar's volume)."""
-    participation = abs(units_traded) / last_volume if last_volume > 0 else 1.0
+    sqrt(participation in the last known bar's volume). Account units are per unit of starting
+    equity: x CAPITAL gives the order's real size."""
+    participation = abs(units_traded) * rules[CAPITAL] / last_volume if last_volume > 0 else 1.0
     return rules[SLIPPAGE] * scale + rules[IMPACT] * np.sqrt(participation)
 
 
@@ -187,7 +189,7 @@ def step_envs(targets, bars, features, window, rules, auto_reset, rng_state, sta
             sized = min(max(target * bars[t[i], SIZE], -max_leverage), max_leverage)
             mark = cash[i] + units[i] * o  # equity at the open, before trading
             traded = sized * max(mark, 0.0) / o - units[i]
-            cap = rules[MAX_PARTICIPATION] * bars[nxt, VOLUME]
+            cap = rules[MAX_PARTICIPATION] * bars[nxt, VOLUME] / rules[CAPITAL]
             partial = rules[MAX_PARTICIPATION] > 0 and abs(traded) > cap
             if partial:
                 traded = np.sign(traded) * cap
@@ -199,6 +201,7 @@ def step_envs(targets, bars, features, window, rules, auto_reset, rng_state, sta
                 cash[i] -= traded * price + fee
                 units[i] += traded
                 fills[i, ENTRY_PRICE], fills[i, ENTRY_UNITS], fills[i, ENTRY_FEE] = price, traded, fee
+                fills[i, PARTIAL] = 1.0 if partial else 0.0
                 if units[i] != 0.0 and (before == 0.0 or np.sign(before) != np.sign(units[i])):
                     unit = bars[t[i], STOP_UNIT]
                     risk[i, ENTRY], risk[i, EXTREME] = price, price

@@ -39,8 +39,11 @@ class MarketRules:
     funding_per_bar: float = 0.0      # fraction of borrowed cash (negative cash) charged each bar
     drawdown_limit: float = 0.0       # flatten and pause beyond this drawdown from the peak (0 = off)
     pause_bars: int = 0               # bars the breaker keeps the account flat
+    capital: float = 1.0              # quote currency per unit of account equity (volume checks)
 
     def __post_init__(self):
+        if self.capital <= 0:
+            raise ValueError(f"capital={self.capital} must be > 0")
         for name in ("transaction_fee", "slippage_bps", "impact", "max_participation", "stop_loss",
                      "take_profit", "trailing_stop", "borrow_per_bar", "funding_per_bar",
                      "drawdown_limit"):
@@ -56,7 +59,7 @@ class MarketRules:
                   self.equity_floor, self.rebalance_threshold, REWARDS[self.reward],
                   self.reward_param, self.max_leverage, self.stop_loss, self.take_profit,
                   self.trailing_stop, self.borrow_per_bar, self.funding_per_bar,
-                  self.drawdown_limit, self.pause_bars]
+                  self.drawdown_limit, self.pause_bars, self.capital]
         assert len(values) == kernels.N_RULES == len(fields(self))
         return np.asarray(values, dtype=np.float64)
 
@@ -75,7 +78,7 @@ class VectorMarket:
 
     Arrays (all length N unless noted): ``t`` bar index of the latest close seen, ``cash``,
     ``units`` (base currency), ``held`` (target fraction held), ``equity``, ``steps``, ``stats``
-    (N, 3) reward statistics, ``risk`` (N, 7) stop and breaker state, ``fills`` (N, 8) this
+    (N, 3) reward statistics, ``risk`` (N, 7) stop and breaker state, ``fills`` (N, 9) this
     step's executions; ``obs`` (N, window, F) float32 and ``account`` (N, 2) float32 are the
     observation buffers, overwritten in place by every step.
     """
@@ -95,7 +98,7 @@ class VectorMarket:
         n = num_envs
         self.t, self.steps, self.starts = (np.zeros(n, np.int64) for _ in range(3))
         self.cash, self.units, self.held, self.equity = (np.zeros(n) for _ in range(4))
-        self.stats, self.risk, self.fills = np.zeros((n, 3)), np.zeros((n, 7)), np.zeros((n, 8))
+        self.stats, self.risk, self.fills = np.zeros((n, 3)), np.zeros((n, 7)), np.zeros((n, 9))
         self.reward = np.zeros(n, np.float32)
         self.terminated, self.truncated = np.zeros(n, np.bool_), np.zeros(n, np.bool_)
         self.obs = np.zeros((n, window_size, len(feature_columns)), np.float32)

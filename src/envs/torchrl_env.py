@@ -88,7 +88,8 @@ def market_rules(cfg, risk=None, index: pd.DatetimeIndex | None = None) -> Marke
                      take_profit=risk.stops.take_profit, trailing_stop=risk.stops.trailing_stop,
                      borrow_per_bar=risk.financing.borrow_rate / periods,
                      funding_per_bar=risk.financing.funding_rate / periods,
-                     drawdown_limit=risk.breaker.drawdown_limit, pause_bars=risk.breaker.pause_bars)
+                     drawdown_limit=risk.breaker.drawdown_limit, pause_bars=risk.breaker.pause_bars,
+                     capital=risk.initial_cash)
     return MarketRules(**rules)
 
 
