@@ -1,4 +1,10 @@
-"""The Ray Tune sweeper plugin: override parsing, discovery, and a real sweep on local Ray."""
+"""The Ray Tune sweeper plugin: override parsing, discovery, and real sweeps on local Ray."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import mlflow
 import pytest
 from hydra.core.plugins import Plugins
@@ -8,7 +14,7 @@ from ray.tune.search.sample import Categorical, Float, Integer, LogUniform
 
 from hydra_plugins.ray_tune_sweeper.ray_tune_sweeper import RayTuneSweeper
 from hydra_plugins.ray_tune_sweeper.search_space import parse
-from tests.conftest import compose_config, run_cli, runs
+from tests.conftest import ROOT, compose_config, run_cli, runs
 
 
 def test_every_override_form_maps_to_its_ray_tune_domain():
@@ -78,7 +84,43 @@ def test_real_sweep_with_a_failing_trial(tmp_path):
             "data.n_bars=2500", "agent.total_frames=2048", "agent.frames_per_batch=1024",
             "agent.minibatch_size=512", "agent.eval_every=1", "agent.progress=false",
             "env.num_envs=16", "env.episode_length=256", "backtest.plots=false")
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     trial_runs = [r for r in runs(tmp_path) if not r.info.run_name.startswith("sweep-")]
-    assert len(trial_runs) == 4
+    assert len(trial_runs) == 4 and len(runs(tmp_path)) == 5  # the parent run is reopened
     assert OmegaConf.load(sweep_dir / "optimization_results.yaml").best_value == results.best_value
+
+
+TINY_SWEEP = ["--multirun", "hydra/sweeper=ray_tune", "hydra.sweeper.num_cpus=2",
+              "hydra.sweeper.num_samples=1", "hydra.sweeper.max_concurrent_trials=1",
+              "agent.lr=0.001,0.0003,0.0001,0.00003", "data.n_bars=2500", "agent.total_frames=4096",
+              "agent.frames_per_batch=1024", "agent.minibatch_size=512", "agent.eval_every=1",
+              "agent.progress=false", "env.num_envs=16", "env.episode_length=256",
+              "backtest.plots=false"]
+
+
+def finished_trials(tmp_path) -> list:
+    try:
+        return [r for r in runs(tmp_path)
+                if r.info.status == "FINISHED" and not r.info.run_name.startswith("sweep-")]
+    except Exception:  # noqa: BLE001 - the store may not exist yet
+        return []
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    command = [sys.executable, "-m", "src.run", *TINY_SWEEP, f"hydra.sweep.dir={sweep_dir}"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    first = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not finished_trials(tmp_path) and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(1)
+    os.killpg(first.pid, signal.SIGINT)  # Ctrl-C: Ray Tune saves its state and stops
+    first.wait(timeout=120)
+    done_before = {r.data.params["agent.lr"] for r in finished_trials(tmp_path)}
+    assert 1 <= len(done_before) < 4, "the interrupt should land mid-sweep"
+    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    trials = finished_trials(tmp_path)
+    assert sorted(r.data.params["agent.lr"] for r in trials) == ["0.0001", "0.0003", "0.001", "3e-05"]
+    results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert results.trials == 4 and results.failed_trials == 0

@@ -167,16 +167,20 @@ class RayTuneSweeper(Sweeper):
                                                  reduction_factor=self.conf.reduction_factor)
         raise ValueError(f"hydra.sweeper.scheduler={self.conf.scheduler!r}; valid: fifo, asha")
 
-    def _start_parent_run(self, sweep_dir: Path) -> Optional[str]:
-        """The sweep's MLflow parent run; trials nest under it (tag mlflow.parentRunId)."""
+    def _start_parent_run(self, sweep_dir: Path) -> str:
+        """The sweep's MLflow parent run; trials nest under it (tag mlflow.parentRunId). A
+        resumed sweep reopens the parent run of its first start."""
         from src.tracking.mlflow_run import experiment_id, use_tracking_uri
 
-        config = self.config
-        use_tracking_uri(config.mlflow.tracking_uri)
-        run = mlflow.start_run(experiment_id=experiment_id(config.mlflow.experiment),
+        use_tracking_uri(self.config.mlflow.tracking_uri)
+        record = sweep_dir / "mlflow_parent_run_id"
+        if record.is_file():
+            return mlflow.start_run(run_id=record.read_text().strip()).info.run_id
+        run = mlflow.start_run(experiment_id=experiment_id(self.config.mlflow.experiment),
                                run_name=f"sweep-{sweep_dir.name}")
-        mlflow.log_params({"sweep.dir": str(sweep_dir), "sweep.metric": self.conf.metric, "sweep.mode": self.conf.mode,
-                           "sweep.search_alg": self.conf.search_alg,
+        record.write_text(run.info.run_id)
+        mlflow.log_params({"sweep.dir": str(sweep_dir), "sweep.metric": self.conf.metric,
+                           "sweep.mode": self.conf.mode, "sweep.search_alg": self.conf.search_alg,
                            "sweep.scheduler": self.conf.scheduler,
                            "sweep.num_samples": self.conf.num_samples})
         return run.info.run_id
