@@ -101,3 +101,18 @@ def test_feature_cache_is_reused_and_verified_by_content(tmp_path, caplog):
     other = next(p for p in tmp_path.glob("*.parquet") if p != path)
     shutil.copy(other, path)  # a file under the right name but with another key is refused
     assert featurize(RAW).equals(first) and len(calls) == 4
+
+
+def test_rolling_zscore_matches_pandas_rolling_statistics():
+    from src.features.normalize import CLIP, rolling_zscore
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"level": np.cumsum(rng.normal(size=3000)) * 1e6 + 1e9,  # OBV-like scale
+                       "noise": rng.normal(size=3000), "flat": 1.0})
+    df.iloc[:30, 1] = np.nan
+    window = 64
+    mean, std = df.rolling(window).mean(), df.rolling(window).std()
+    expected = ((df - mean) / std.where(std > 0)).where(std > 0, 0.0).where(mean.notna()).clip(-CLIP, CLIP)
+    got = rolling_zscore(df, window)
+    assert got.isna().equals(expected.isna())
+    np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), atol=1e-8, equal_nan=True)

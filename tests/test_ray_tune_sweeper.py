@@ -5,7 +5,6 @@ import subprocess
 import sys
 import time
 
-import mlflow
 import pytest
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper

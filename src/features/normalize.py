@@ -7,7 +7,9 @@
   then applied unchanged to validation and test.
 Z-scores are clipped to +-CLIP; a zero std gives 0.
 """
+import numpy as np
 import pandas as pd
+from numba import njit, prange
 
 CLIP = 5.0
 METHODS = ("none", "rolling_zscore", "train_zscore")
@@ -18,10 +20,44 @@ def normalization_warmup(cfg) -> int:
     return int(cfg.window) - 1 if cfg.method == "rolling_zscore" else 0
 
 
+@njit(parallel=True, cache=True)
+def _rolling_zscore(values: np.ndarray, window: int, clip: float) -> np.ndarray:
+    """Column-wise z-score of each value against the last ``window`` values (itself included),
+    by Welford's add/remove updates; NaN until ``window`` finite values are in the window."""
+    n_rows, n_cols = values.shape
+    out = np.full((n_rows, n_cols), np.nan)
+    for j in prange(n_cols):
+        count, mean, squares = 0, 0.0, 0.0
+        for i in range(n_rows):
+            x = values[i, j]
+            if np.isfinite(x):
+                count += 1
+                delta = x - mean
+                mean += delta / count
+                squares += delta * (x - mean)
+            if i >= window:
+                old = values[i - window, j]
+                if np.isfinite(old):
+                    count -= 1
+                    if count == 0:
+                        mean, squares = 0.0, 0.0
+                    else:
+                        delta = old - mean
+                        mean -= delta / count
+                        squares -= delta * (old - mean)
+            if count == window and np.isfinite(x):
+                variance = squares / (window - 1)
+                std = np.sqrt(variance) if variance > 0 else 0.0
+                # a spread below float64 resolution of the mean is no spread: z = 0
+                z = (x - mean) / std if std > 1e-12 * max(abs(mean), 1.0) else 0.0
+                out[i, j] = min(max(z, -clip), clip)
+    return out
+
+
 def rolling_zscore(features: pd.DataFrame, window: int) -> pd.DataFrame:
-    mean = features.rolling(window, min_periods=window).mean()
-    std = features.rolling(window, min_periods=window).std()
-    return _zscore(features, mean, std)
+    values = np.ascontiguousarray(features.to_numpy(dtype=np.float64))
+    return pd.DataFrame(_rolling_zscore(values, int(window), CLIP), index=features.index,
+                        columns=features.columns)
 
 
 def train_zscore(features: pd.DataFrame, fit_rows: int) -> pd.DataFrame:

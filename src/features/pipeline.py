@@ -20,16 +20,18 @@ from src.data.cache import read_parquet, write_parquet
 from src.features.normalize import normalize, normalization_warmup
 
 log = logging.getLogger(__name__)
-CODE_VERSION = "1"  # bump when a feature's formula changes: cached features become stale
+CODE_VERSION = "2"  # bump when a feature's formula changes: cached features become stale
 Compute = Callable[[pd.DataFrame], tuple[pd.DataFrame, int | None]]
 
 
 def frame_hash(df: pd.DataFrame) -> str:
-    """sha256 of a frame's index, column names and values (its content, not its file name)."""
+    """sha256 of a frame's index, column names and values, column by column (its content, not
+    its file name nor its memory layout)."""
     digest = hashlib.sha256()
     digest.update(np.ascontiguousarray(df.index.asi8).tobytes())
     digest.update(json.dumps([str(c) for c in df.columns]).encode())
-    digest.update(np.ascontiguousarray(df.to_numpy(dtype=np.float64)).tobytes())
+    for column in df.columns:
+        digest.update(np.ascontiguousarray(df[column].to_numpy(dtype=np.float64)).tobytes())
     return digest.hexdigest()
 
 
