@@ -181,6 +181,7 @@ def step_envs(targets, bars, features, window, rules, auto_reset, rng_state, sta
         o, h, l, c = bars[nxt, OPEN], bars[nxt, HIGH], bars[nxt, LOW], bars[nxt, CLOSE]
         previous_equity = equity[i]
         fills[i, :] = 0.0
+        entered = False  # a position opened (or flipped) at this bar's open
         target, wanted = targets[i], targets[i]
         if risk[i, PAUSE_LEFT] > 0:  # the drawdown breaker holds the account flat
             risk[i, PAUSE_LEFT] -= 1
@@ -204,6 +205,7 @@ def step_envs(targets, bars, features, window, rules, auto_reset, rng_state, sta
                 fills[i, PARTIAL] = 1.0 if partial else 0.0
                 if units[i] != 0.0 and (before == 0.0 or np.sign(before) != np.sign(units[i])):
                     unit = bars[t[i], STOP_UNIT]
+                    entered = True
                     risk[i, ENTRY], risk[i, EXTREME] = price, price
                     risk[i, STOP_DIST] = rules[STOP_LOSS] * unit
                     risk[i, TAKE_DIST] = rules[TAKE_PROFIT] * unit
@@ -211,8 +213,7 @@ def step_envs(targets, bars, features, window, rules, auto_reset, rng_state, sta
             if not partial or rules[CARRY] == 0.0:
                 held[i] = wanted
         if units[i] != 0.0 and (rules[STOP_LOSS] > 0 or rules[TAKE_PROFIT] > 0 or rules[TRAILING] > 0):
-            entered_now = fills[i, ENTRY_UNITS] != 0.0 and risk[i, ENTRY] == fills[i, ENTRY_PRICE]
-            exit_price, reason = _stop_exit(units[i], risk[i], o, h, l, entered_now)
+            exit_price, reason = _stop_exit(units[i], risk[i], o, h, l, entered)
             if reason != NO_EXIT:
                 traded = -units[i]
                 slip = _slippage(rules, traded, bars[t[i], VOLUME], bars[nxt, SLIPPAGE_SCALE])
