@@ -117,7 +117,7 @@ def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
     os.killpg(first.pid, signal.SIGINT)  # Ctrl-C: Ray Tune saves its state and stops
     first.wait(timeout=120)
     done_before = {r.data.params["agent.lr"] for r in finished_trials(tmp_path)}
-    assert 1 <= len(done_before) < 4, "the interrupt should land mid-sweep"
+    assert 0 < len(done_before) < 4, "the interrupt should land mid-sweep"
     subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
     trials = finished_trials(tmp_path)
     assert sorted(r.data.params["agent.lr"] for r in trials) == ["0.0001", "0.0003", "0.001", "3e-05"]

@@ -7,7 +7,7 @@ with zero volume, marked ``$filled = 1``. The counts land in ``df.attrs["data_qu
 import numpy as np
 import pandas as pd
 
-from src.data.validate import DataValidationError
+from src.data.validate import OHLCV, DataValidationError
 
 ON_INVALID = ("fail", "repair")
 
@@ -67,7 +67,7 @@ def _fill_gaps(df: pd.DataFrame, expected: pd.DatetimeIndex) -> pd.DataFrame:
     out = df.reindex(expected)
     filled = out["$close"].isna()
     close = out["$close"].ffill()
-    for column in ["$open", "$high", "$low", "$close"]:
+    for column in OHLCV[:4]:
         out[column] = out[column].fillna(close)
     out["$volume"] = out["$volume"].fillna(0.0)
     earlier = out["$filled"].fillna(0.0) if "$filled" in out else 0.0  # filled by an earlier run

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pandas as pd
 
+from src.data.validate import OHLCV
 from src.envs import kernels
 
 REWARDS = {"log_return": kernels.LOG_RETURN, "differential_sharpe": kernels.DIFFERENTIAL_SHARPE,
@@ -67,7 +68,7 @@ class MarketRules:
 def market_bars(df: pd.DataFrame) -> np.ndarray:
     """(T, 9) float64: open, high, low, close, volume, then the @-columns above (default 1)."""
     ones = np.ones(len(df))
-    columns = [df[c].to_numpy(np.float64) for c in ["$open", "$high", "$low", "$close", "$volume"]]
+    columns = [df[c].to_numpy(np.float64) for c in OHLCV]
     columns += [df[c].to_numpy(np.float64) if c in df else ones for c in
                 (SIZE_COLUMN, STOP_UNIT_COLUMN, FEE_SCALE_COLUMN, SLIPPAGE_SCALE_COLUMN)]
     return np.ascontiguousarray(np.stack(columns, axis=1))

@@ -12,12 +12,10 @@ from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
 from src.backtest.metrics import periods_per_year
+from src.data.validate import OHLCV
 from src.envs.actions import ActionSpace
 from src.envs.market import MarketRules, VectorMarket
 from src.registry import register
-
-OHLCV = ["$open", "$high", "$low", "$close", "$volume"]
-
 
 def feature_columns(df: pd.DataFrame) -> list[str]:
     """The observation columns of ``df``: every $-column that is not raw OHLCV."""

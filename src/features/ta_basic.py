@@ -7,14 +7,14 @@ import numpy as np
 import pandas as pd
 import talib
 
+from src.data.validate import OHLCV
 from src.features.pipeline import FeatureSet
 from src.registry import register
 
 
 def ta_basic_features(df: pd.DataFrame) -> tuple[pd.DataFrame, None]:
     """$-prefixed indicator columns on ``df``'s index (NaN during each indicator's warm-up)."""
-    open_, high, low, close, volume = (df[c].to_numpy(dtype=float) for c in
-                                       ["$open", "$high", "$low", "$close", "$volume"])
+    open_, high, low, close, volume = (df[c].to_numpy(dtype=float) for c in OHLCV)
     macd, macd_signal, macd_hist = talib.MACD(close, 12, 26, 9)
     upper, middle, lower = talib.BBANDS(close, 20, 2.0, 2.0)
     stoch_k, stoch_d = talib.STOCH(high, low, close, 14, 3, 0, 3, 0)

@@ -9,9 +9,10 @@ factor, so bars stay consistent; after the window, returns are those of the orig
 import numpy as np
 import pandas as pd
 
+from src.data.validate import OHLCV
 from src.registry import register
 
-PRICES = ["$open", "$high", "$low", "$close"]
+PRICES = OHLCV[:4]
 FEE_SCALE, SLIPPAGE_SCALE = "@fee_scale", "@slippage_scale"
 
 
