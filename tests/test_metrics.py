@@ -14,9 +14,10 @@ def curve(values, freq="D"):
 
 def test_hand_computed_values():
     # returns +10%, -10%, +10%: mean 1/30, sample std sqrt(1/75), downside rms sqrt(1/300)
-    fills = pd.DataFrame({"units": [1.0, -1.0], "price": [100.0, 99.0], "fee": [0.1, 0.1],
-                          "financing": [0.0, 0.5]})
-    m = compute_metrics(curve([100.0, 110.0, 99.0, 108.9]), np.array([0, 1, 1, 0]), fills, periods=252)
+    fills = pd.DataFrame({"units": [1.0, -1.0], "price": [100.0, 99.0], "fee": [0.1, 0.1]})
+    financing = np.array([0.0, 0.2, 0.3, 0.0])  # charged in the two bars held
+    m = compute_metrics(curve([100.0, 110.0, 99.0, 108.9]), np.array([0, 1, 1, 0]), fills, periods=252,
+                        financing=financing)
     assert m["total_return"] == pytest.approx(0.089)
     assert m["sharpe"] == pytest.approx((1 / 30) / np.sqrt(1 / 75) * np.sqrt(252))
     assert m["sortino"] == pytest.approx((1 / 30) / np.sqrt(1 / 300) * np.sqrt(252))

@@ -35,14 +35,34 @@ def test_stop_fills_at_the_stop_inside_the_bar_and_at_the_open_through_a_gap():
     m.step(np.array([1.0]))  # low 94 < stop 95: out at 95
     assert m.fills[0, k.EXIT_REASON] == k.STOP_EXIT and m.fills[0, k.EXIT_PRICE] == 95.0
     assert m.units[0] == 0.0
-    gap = bars([(100, 101, 99, 100), (90, 92, 88, 91), (91, 91, 91, 91)])
+    gap = bars([(100, 101, 99, 100), (90, 92, 88, 91), (91, 91, 91, 91), (91, 91, 91, 91),
+                (91, 91, 91, 91)])
     m = market(gap, stop_loss=0.05)
     m.reset(start=WINDOW - 1)
     m.step(np.array([1.0]))
     m.step(np.array([1.0]))  # opens at 90, through the 95 stop: filled at the open, not at 95
     assert m.fills[0, k.EXIT_PRICE] == 90.0
-    m.step(np.array([1.0]))  # the same target does not re-enter after a stop
+
+
+@pytest.mark.parametrize("reenter", ["next_bar", "signal"])
+def test_reentry_after_a_stop(reenter):
+    """next_bar: an unchanged long target re-enters at the next open; signal: it stays out until
+    the target goes flat, and the next long target enters."""
+    df = bars([(100, 101, 99, 100), (99, 100, 94, 95)] + [(95, 96, 94, 95)] * 4)
+    m = market(df, stop_loss=0.05, reenter=reenter)
+    m.reset(start=WINDOW - 1)
+    m.step(np.array([1.0]))
+    m.step(np.array([1.0]))
+    assert m.fills[0, k.EXIT_REASON] == k.STOP_EXIT
+    m.step(np.array([1.0]))
+    if reenter == "next_bar":
+        assert m.fills[0, k.ENTRY_UNITS] > 0 and m.fills[0, k.ENTRY_PRICE] == 95.0
+        return
     assert m.units[0] == 0.0 and m.fills[0, k.ENTRY_UNITS] == 0.0
+    m.step(np.array([0.0]))  # the signal leaves the stopped side
+    assert m.units[0] == 0.0
+    m.step(np.array([1.0]))
+    assert m.units[0] > 0
 
 
 def test_take_profit_and_trailing_stop_for_a_short():
@@ -159,5 +179,6 @@ def test_low_liquidity_makes_the_participation_cap_bind(market_df):
     thin, _ = apply_scenarios(bars_df, 0, cfg.scenario)
     stressed = backtester.run(BuyAndHold(env.actions), thin).trades
     assert len(stressed) > len(normal) and stressed.partial.iloc[0]  # filled over several bars
-    volume = thin["$volume"].reindex(stressed.timestamp).to_numpy()
-    assert (stressed.units.abs().to_numpy() <= 0.05 * volume * (1 + 1e-9)).all()
+    orders = stressed[stressed.reason == "signal"]  # the end-of-backtest close is not capped
+    last_closed = thin["$volume"].shift().reindex(orders.timestamp).to_numpy()  # known at the decision
+    assert (orders.units.abs().to_numpy() <= 0.05 * last_closed * (1 + 1e-9)).all()

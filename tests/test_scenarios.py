@@ -22,8 +22,8 @@ def scenario(name: str, **params) -> OmegaConf:
 
 
 @settings(max_examples=25, deadline=None)
-@given(name=st.sampled_from(NAMES), start=st.integers(500, 900), seed=st.integers(0, 100),
-       at=st.one_of(st.none(), st.floats(0.0, 0.9)))
+@given(name=st.sampled_from(NAMES), start=st.integers(300, 600), seed=st.integers(0, 100),
+       at=st.one_of(st.none(), st.floats(0.0, 0.35)))
 def test_injectors_keep_bars_valid_and_the_past_untouched(name, start, seed, at):
     cfg = scenario(name, **({"seed": seed, "at": at} if name not in ("none", "low_liquidity") else {}))
     df, marks = apply_scenarios(RAW, start, cfg)
@@ -52,6 +52,52 @@ def test_flash_crash_drops_and_partly_recovers():
     assert ratio[at - 1] == 1.0 and ratio.min() == pytest.approx(1 - params.drop)
     assert ratio[-1] == pytest.approx(1 - params.drop * (1 - params.recovery))
     assert mark[0] == RAW.index[at]
+
+
+def bar_stats(df: pd.DataFrame, rows: slice) -> dict[str, np.ndarray]:
+    """Per bar: the opening gap log(open / previous close), the range log(high / low) and the
+    move log(close / open)."""
+    gap = np.log(df["$open"] / df["$close"].shift())
+    return {"gap": gap.to_numpy()[rows], "range": np.log(df["$high"] / df["$low"]).to_numpy()[rows],
+            "move": np.log(df["$close"] / df["$open"]).to_numpy()[rows]}
+
+
+@pytest.mark.parametrize("name", ["volatility_spike", "trend_reversal", "flash_crash"])
+def test_a_shock_unfolds_inside_the_bars_not_in_their_opening_gaps(name):
+    """Each injected bar opens where the original opened relative to the previous close (same
+    gap), and its range moves as the scenario states: x factor under a volatility spike,
+    unchanged under a reversal (the move mirrored), widened by the crash path under a crash."""
+    cfg = scenario(name)
+    df, ((first, last),) = apply_scenarios(RAW, 500, cfg)
+    rows = slice(RAW.index.get_loc(first), RAW.index.get_loc(last) + 1)
+    before, after = bar_stats(RAW, rows), bar_stats(df, rows)
+    np.testing.assert_allclose(after["gap"], before["gap"], atol=1e-12)
+    assert np.std(after["gap"]) == pytest.approx(np.std(before["gap"]), rel=1e-9)
+    if name == "volatility_spike":
+        np.testing.assert_allclose(after["range"], before["range"] * cfg[name].factor, rtol=1e-9)
+        np.testing.assert_allclose(after["move"], before["move"] * cfg[name].factor, atol=1e-12)
+    elif name == "trend_reversal":
+        np.testing.assert_allclose(after["range"], before["range"], rtol=1e-9)
+        np.testing.assert_allclose(after["move"], -before["move"], atol=1e-12)
+    else:
+        shock = after["move"] - before["move"]
+        np.testing.assert_allclose(after["range"], before["range"] + np.abs(shock), rtol=1e-9)
+        assert np.exp(np.cumsum(shock)).min() == pytest.approx(1 - cfg[name].drop)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("scenario=flash_crash scenario.flash_crash.drop=1.5", r"scenario.flash_crash.drop=1.5 is out of range; valid: a number in \(0, 1\)"),
+    ("scenario=volatility_spike scenario.volatility_spike.factor=-2", r"factor=-2 is out of range; valid: a number in \(0, inf\]"),
+    ("scenario=gap scenario.gap.at=1.0", r"scenario.gap.at=1.0 is out of range; valid: a number in \[0, 1\)"),
+    ("scenario=fee_spike scenario.fee_spike.bars=0", r"scenario.fee_spike.bars=0 is out of range; valid: an integer"),
+    ("scenario=trend_reversal scenario.trend_reversal.bars=600", r"600 bars do not fit the 500 bars"),
+    ("scenario=trend_reversal scenario.trend_reversal.at=0.9", r"runs past the end.*valid: at <= 0.520"),
+])
+def test_scenario_parameters_out_of_range_are_refused(override, message):
+    from src.config_checks import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        apply_scenarios(RAW, 500, compose_config(override.split()).scenario)
 
 
 def test_cost_scenarios_scale_the_per_bar_costs():
@@ -86,7 +132,9 @@ def test_no_fill_inside_a_gap(market_df):
     stamps = pd.DatetimeIndex(trades.timestamp)
     assert not ((stamps >= first) & (stamps <= last)).any()
     reopening = df.index[df.index > last][0]
-    assert list(stamps) == [reopening]  # the order waits through the outage, fills at the reopening
+    entries = stamps[trades.reason == "signal"]
+    assert list(entries) == [reopening]  # the order waits through the outage, fills at the reopening
+    assert list(trades.reason) == ["signal", "end_of_backtest"]
     fill = trades[stamps == reopening].iloc[0]
     assert fill.price == pytest.approx(df.loc[reopening, "$open"], rel=2e-4)  # open + slippage
 

@@ -14,16 +14,21 @@ from src.envs.torchrl_env import feature_columns, market_rules
 from src.registry import register
 
 EXIT_REASONS = {kernels.STOP_EXIT: "stop_loss", kernels.TAKE_EXIT: "take_profit",
-                kernels.TRAIL_EXIT: "trailing_stop"}
+                kernels.TRAIL_EXIT: "trailing_stop", kernels.END_EXIT: "end_of_backtest"}
+TRADE_COLUMNS = ["timestamp", "side", "units", "price", "fee", "reason", "partial"]
 
 
 @dataclass
 class BacktestResult:
     """``equity`` (quote currency) and ``positions`` (fraction of equity) per bar, from the first
-    decision bar's close; ``trades`` one row per fill; ``metrics`` from ``compute_metrics``."""
+    decision bar's close; ``financing`` (quote currency) charged in each bar; ``trades`` one row
+    per fill; ``metrics`` from ``compute_metrics``. A position still open after the last bar is
+    closed at that bar's close, with its fee and slippage (a trade with reason
+    ``end_of_backtest``), so the last equity is cash."""
 
     equity: pd.Series
     positions: np.ndarray
+    financing: pd.Series
     trades: pd.DataFrame
     metrics: dict[str, float]
 
@@ -43,7 +48,7 @@ class Backtester:
         market_obs, account_obs = torch.from_numpy(market.obs), torch.from_numpy(market.account)
         signals = agent.signals(df) if hasattr(agent, "signals") else None
         n_steps = len(df) - window
-        equity, positions = np.empty(n_steps + 1), np.empty(n_steps + 1)
+        equity, positions, financing = np.empty(n_steps + 1), np.empty(n_steps + 1), np.zeros(n_steps + 1)
         equity[0], positions[0] = market.equity[0], 0.0
         fills = []
         for k in range(1, n_steps + 1):
@@ -51,23 +56,28 @@ class Backtester:
             action = signals[bar : bar + 1] if signals is not None else agent.act(market_obs, account_obs)
             market.step(self.actions.to_targets(torch.as_tensor(action)))
             equity[k], positions[k] = market.equity[0], market.account[0, 0]
+            financing[k] = market.fills[0, kernels.FINANCING]
             fills += _fills(market.fills[0], df.index[market.t[0]])
             if market.terminated[0] or market.truncated[0]:
-                equity, positions = equity[: k + 1], positions[: k + 1]
+                equity, positions, financing = equity[: k + 1], positions[: k + 1], financing[: k + 1]
                 break
+        market.close_positions()
+        fills += _fills(market.fills[0], df.index[market.t[0]])
+        equity[-1] = market.equity[0]
         scale = self.cfg.initial_cash
-        curve = pd.Series(equity * scale, index=df.index[window - 1 : window - 1 + len(equity)],
-                          name="equity")
-        trades = pd.DataFrame(fills, columns=["timestamp", "side", "units", "price", "fee",
-                                              "financing", "reason", "partial"])
-        trades[["units", "fee", "financing"]] *= scale
+        index = df.index[window - 1 : window - 1 + len(equity)]
+        curve = pd.Series(equity * scale, index=index, name="equity")
+        charged = pd.Series(financing * scale, index=index, name="financing")
+        trades = pd.DataFrame(fills, columns=TRADE_COLUMNS)
+        trades[["units", "fee"]] *= scale
         metrics = compute_metrics(curve, positions, trades, self.cfg.periods_per_year,
-                                  self.cfg.risk_free_rate)
-        return BacktestResult(curve, positions, trades, metrics)
+                                  self.cfg.risk_free_rate, charged.to_numpy())
+        return BacktestResult(curve, positions, charged, trades, metrics)
 
 
 def _fills(row: np.ndarray, stamp: pd.Timestamp) -> list[tuple]:
-    """This bar's executions (an order at the open, then perhaps a stop exit in the bar)."""
+    """This bar's executions (an order at the open, then perhaps a stop exit in the bar, or the
+    closing trade at the end)."""
     out = []
     for units, price, fee, reason, partial in [
         (row[kernels.ENTRY_UNITS], row[kernels.ENTRY_PRICE], row[kernels.ENTRY_FEE], "signal",
@@ -76,8 +86,7 @@ def _fills(row: np.ndarray, stamp: pd.Timestamp) -> list[tuple]:
          EXIT_REASONS.get(int(row[kernels.EXIT_REASON]), ""), False),
     ]:
         if units != 0.0:
-            out.append((stamp, "buy" if units > 0 else "sell", units, price, fee,
-                        row[kernels.FINANCING], reason, partial))
+            out.append((stamp, "buy" if units > 0 else "sell", units, price, fee, reason, partial))
     return out
 
 

@@ -9,23 +9,29 @@ A round trip runs from a bar where the position leaves 0 (or flips sign) to the 
 - cagr = (equity_T / equity_0) ** (P / n_returns) - 1
 - volatility = std(r) * sqrt(P)                          (sample std, annualised)
 - sharpe = mean(r - rf/P) / std(r) * sqrt(P)             (0 when std(r) = 0)
-- sortino = mean(r - rf/P) / sqrt(mean(min(r - rf/P, 0)^2)) * sqrt(P)   (0 without downside)
-- max_drawdown = min_t (equity_t / max_{s<=t} equity_s - 1), in [-1, 0]
+- sortino = mean(r - rf/P) / sqrt(mean(min(r - rf/P, 0)^2)) * sqrt(P)
+  (without downside: RATIO_CAP if the mean excess is > 0, 0 if it is 0)
+- max_drawdown = min_t (equity_t / max_{s<=t} equity_s - 1), clipped to [-1, 0] (equity at or
+  below zero is a -100% drawdown)
 - max_drawdown_bars = the longest run of bars below a previous equity peak
-- calmar = cagr / |max_drawdown|                         (0 when max_drawdown = 0)
+- calmar = cagr / |max_drawdown|  (without drawdown: RATIO_CAP if cagr > 0, 0 if it is 0)
 - var_95 = -(5th percentile of r); cvar_95 = -(mean of r at or below it)   (per bar, historical)
 - win_rate = winning round trips / round trips; profit_factor = gross win / gross loss
   (0 without trades; inf-safe: gross win / max(gross loss, tiny), capped at 1e6)
 - avg_trade = mean round-trip P&L / initial equity
 - exposure = fraction of bars with a non-zero position
 - turnover = sum |fill units x price| / mean equity, per year (x P / n_returns)
-- fees = total fees / initial equity; financing = total borrow + funding / initial equity
+- fees = total fees / initial equity
+- financing = sum over bars of the borrow + funding charged in that bar / initial equity
 - trades = number of fills
+RATIO_CAP (1e6) stands for "infinite" (a flawless curve ranks first, and every value stays a
+finite number that JSON and MLflow store).
 """
 import numpy as np
 import pandas as pd
 
 SECONDS_PER_YEAR = 365.25 * 24 * 3600
+RATIO_CAP = 1e6
 
 
 def periods_per_year(index: pd.DatetimeIndex) -> float:
@@ -37,7 +43,7 @@ def periods_per_year(index: pd.DatetimeIndex) -> float:
 
 def max_drawdown(equity: np.ndarray) -> float:
     peak = np.maximum.accumulate(equity)
-    return float(np.min(equity / peak - 1.0))
+    return float(np.clip(np.min(equity / peak - 1.0), -1.0, 0.0))
 
 
 def drawdown_bars(equity: np.ndarray) -> int:
@@ -64,10 +70,19 @@ def round_trip_pnl(equity: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return np.asarray(pnl)
 
 
+def _ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator for a denominator >= 0; a zero one gives RATIO_CAP x sign."""
+    if denominator > 0:
+        return float(min(max(numerator / denominator, -RATIO_CAP), RATIO_CAP))
+    return float(np.sign(numerator) * RATIO_CAP)
+
+
 def compute_metrics(equity: pd.Series, positions: np.ndarray, trades: pd.DataFrame | None = None,
-                    periods: float | None = None, risk_free_rate: float = 0.0) -> dict[str, float]:
+                    periods: float | None = None, risk_free_rate: float = 0.0,
+                    financing: np.ndarray | None = None) -> dict[str, float]:
     """The metrics above for one equity curve; ``positions`` are per-bar position fractions;
-    ``trades`` the fills (columns units, price, fee, financing), or None."""
+    ``trades`` the fills (columns units, price, fee), or None; ``financing`` the borrow and
+    funding charged in each bar (quote currency), or None."""
     values = equity.to_numpy(dtype=float)
     periods = periods or periods_per_year(equity.index)
     returns = values[1:] / values[:-1] - 1.0
@@ -82,25 +97,25 @@ def compute_metrics(equity: pd.Series, positions: np.ndarray, trades: pd.DataFra
     tail = returns[returns <= -var] if len(returns) else returns
     pnl = round_trip_pnl(values, positions)
     gross_win, gross_loss = pnl[pnl > 0].sum(), -pnl[pnl < 0].sum()
-    trades = trades if trades is not None else pd.DataFrame(columns=["units", "price", "fee", "financing"])
+    trades = trades if trades is not None else pd.DataFrame(columns=["units", "price", "fee"])
     traded = float((trades["units"].abs() * trades["price"]).sum()) if len(trades) else 0.0
     return {
         "total_return": growth - 1.0,
         "cagr": cagr,
         "volatility": std * np.sqrt(periods),
         "sharpe": excess.mean() / std * np.sqrt(periods) if std > 0 else 0.0,
-        "sortino": excess.mean() / downside * np.sqrt(periods) if downside > 0 else 0.0,
+        "sortino": _ratio(excess.mean() * np.sqrt(periods), downside) if len(returns) else 0.0,
         "max_drawdown": drawdown,
         "max_drawdown_bars": float(drawdown_bars(values)),
-        "calmar": cagr / abs(drawdown) if drawdown < 0 else 0.0,
+        "calmar": _ratio(cagr, abs(drawdown)),
         "var_95": float(var),
         "cvar_95": float(-tail.mean()) if len(tail) else 0.0,
         "win_rate": float((pnl > 0).mean()) if len(pnl) else 0.0,
-        "profit_factor": float(min(gross_win / max(gross_loss, 1e-12), 1e6)) if len(pnl) else 0.0,
+        "profit_factor": float(min(gross_win / max(gross_loss, 1e-12), RATIO_CAP)) if len(pnl) else 0.0,
         "avg_trade": float(pnl.mean() / values[0]) if len(pnl) else 0.0,
         "exposure": float(np.mean(np.abs(positions) > 1e-12)) if len(positions) else 0.0,
         "turnover": traded / values.mean() * periods / n,
         "fees": float(trades["fee"].sum()) / values[0] if len(trades) else 0.0,
-        "financing": float(trades["financing"].sum()) / values[0] if len(trades) else 0.0,
+        "financing": float(np.sum(financing)) / values[0] if financing is not None else 0.0,
         "trades": float(len(trades)),
     }

@@ -1,13 +1,22 @@
 """The numba trading kernel: one call steps N independent envs over one shared price series.
 
 Timing (the honesty rule): at step k env i has seen bars up to and including ``t[i]`` (its
-observation window ends at the close of ``t[i]``). The action decided there is filled at the
-*next* bar's open, ``open[t+1]``, moved against the trade by the slippage (fixed bps plus a
-square-root impact of the order's share of bar t's volume), capped at ``max_participation`` of
-bar t+1's volume, and charged ``transaction_fee`` on the traded notional. Stops are then checked
-against bar t+1's range (a gap through a stop fills at the open, not the stop), borrow and
-funding are charged, and equity is marked at ``close[t+1]``. A drawdown beyond the breaker's limit
-flattens the position at the next open and pauses trading.
+observation window ends at the close of ``t[i]``). Everything decided there uses bar t and
+earlier only: the agent's target x the size multiplier of bar t (``@size`` for longs,
+``@short_size`` for shorts), capped at ``max_leverage``, is the *sized target*. When it differs
+from the sized target last requested by more than ``rebalance_threshold`` (checked every bar, so
+sized positions follow their size), an order is filled at the *next* bar's open, ``open[t+1]``,
+moved against the trade by the slippage (fixed bps plus a square-root impact of the order's share
+of bar t's volume), capped at ``max_participation`` of bar t's volume (the last closed bar), and
+charged ``transaction_fee`` on the traded notional. The order is sized so that the position after
+it is the sized target's fraction of the equity left *after* its fee and slippage: a 1x long
+spends exactly its cash and never borrows. Stops are then checked against bar t+1's range (a gap
+through a stop fills at the open, not the stop), borrow and funding are charged, and equity is
+marked at ``close[t+1]``. A drawdown beyond the breaker's limit flattens the position at the next
+open and pauses trading. After a stop exit the account re-enters at the next open if the target
+still asks for a position (``reenter`` = next_bar), or only once the agent's target has left the
+stopped side (``reenter`` = signal: flat or the other side first). ``close_positions`` ends a
+backtest: it sells (or covers) what is still held at the last close, charged like any exit.
 
 Units: prices in quote currency; ``cash`` and ``equity`` in quote currency (start: 1.0 per env, the
 backtest scales); ``units`` in base currency (negative = short); targets are fractions of equity.
@@ -22,19 +31,23 @@ from numba import njit
 MIN_EQUITY = 1e-12  # equity is clamped here inside the log reward when an env is wiped out
 LOG_RETURN, DIFFERENTIAL_SHARPE, DRAWDOWN_PENALTY = 0, 1, 2
 
-# columns of ``bars`` (T, 9): prices, volume, size multiplier, stop unit, fee and slippage scales
-OPEN, HIGH, LOW, CLOSE, VOLUME, SIZE, STOP_UNIT, FEE_SCALE, SLIPPAGE_SCALE = range(9)
+# columns of ``bars`` (T, 10): prices, volume, size multipliers (long, short), stop unit, fee and
+# slippage scales
+OPEN, HIGH, LOW, CLOSE, VOLUME, SIZE, SHORT_SIZE, STOP_UNIT, FEE_SCALE, SLIPPAGE_SCALE = range(10)
 # entries of ``rules`` (float64 vector, see src/envs/market.py: MarketRules.vector)
 (FEE, SLIPPAGE, IMPACT, MAX_PARTICIPATION, CARRY, EPISODE_LENGTH, EQUITY_FLOOR, REBALANCE,
  REWARD_KIND, REWARD_PARAM, MAX_LEVERAGE, STOP_LOSS, TAKE_PROFIT, TRAILING, BORROW, FUNDING,
- DRAWDOWN_LIMIT, PAUSE_BARS, CAPITAL) = range(19)
-N_RULES = 19
-# columns of the per-env ``risk`` state (N, 7): distances are fractions of the entry price
-ENTRY, EXTREME, STOP_DIST, TAKE_DIST, TRAIL_DIST, PAUSE_LEFT, BREAKER_PEAK = range(7)
+ DRAWDOWN_LIMIT, PAUSE_BARS, CAPITAL, REENTER) = range(20)
+N_RULES = 20
+REENTER_NEXT_BAR, REENTER_SIGNAL = 0, 1
+# columns of the per-env ``risk`` state (N, 8): distances are fractions of the entry price;
+# STOPPED is the side (+1 long, -1 short) a stop closed while ``reenter`` = signal keeps it out
+ENTRY, EXTREME, STOP_DIST, TAKE_DIST, TRAIL_DIST, PAUSE_LEFT, BREAKER_PEAK, STOPPED = range(8)
+N_RISK = 8
 # columns of ``fills`` (N, 9), this step's executions (PARTIAL: the order hit the volume cap)
 (ENTRY_PRICE, ENTRY_UNITS, ENTRY_FEE, EXIT_PRICE, EXIT_UNITS, EXIT_FEE, EXIT_REASON, FINANCING,
  PARTIAL) = range(9)
-NO_EXIT, STOP_EXIT, TAKE_EXIT, TRAIL_EXIT = 0, 1, 2, 3
+NO_EXIT, STOP_EXIT, TAKE_EXIT, TRAIL_EXIT, END_EXIT = 0, 1, 2, 3, 4
 
 
 @njit(cache=True, error_model="numpy")
@@ -62,13 +75,13 @@ def _write_obs(i, t, features, window, units, close, equity, obs, account):
 
 
 @njit(cache=True, error_model="numpy")
-def _reset_env(i, start, bars, features, window, t, cash, units, held, equity, steps, stats,
+def _reset_env(i, start, bars, features, window, t, cash, units, requested, equity, steps, stats,
                risk, obs, account):
     """Env i starts at bar ``start`` with all cash (1.0), no position and fresh statistics."""
     t[i] = start
     cash[i] = 1.0
     units[i] = 0.0
-    held[i] = 0.0
+    requested[i] = 0.0
     equity[i] = 1.0
     steps[i] = 0
     stats[i, 0] = 1.0  # equity peak (drawdown reward)
@@ -86,12 +99,12 @@ def _draw_start(rng_state, i, low, high):
 
 
 @njit(cache=True, error_model="numpy")
-def reset_envs(mask, starts, bars, features, window, t, cash, units, held, equity, steps, stats,
+def reset_envs(mask, starts, bars, features, window, t, cash, units, requested, equity, steps, stats,
                risk, obs, account):
     """Reset every env with ``mask[i]`` at bar ``starts[i]``."""
     for i in range(mask.shape[0]):
         if mask[i]:
-            _reset_env(i, starts[i], bars, features, window, t, cash, units, held, equity,
+            _reset_env(i, starts[i], bars, features, window, t, cash, units, requested, equity,
                        steps, stats, risk, obs, account)
 
 
@@ -134,6 +147,31 @@ def _slippage(rules, units_traded, last_volume, scale):
 
 
 @njit(cache=True, error_model="numpy")
+def _fill(rules, units_traded, base_price, last_volume, slippage_scale, fee_scale):
+    """(price, fee) of trading ``units_traded`` at ``base_price``: slippage against the trade,
+    fee on the filled notional. The one execution formula of entries, stop exits and closes."""
+    slip = _slippage(rules, units_traded, last_volume, slippage_scale)
+    price = base_price * (1.0 + slip * np.sign(units_traded))
+    return price, abs(units_traded) * price * rules[FEE] * fee_scale
+
+
+@njit(cache=True, error_model="numpy")
+def _order_units(rules, sized, units, mark, o, last_volume, slippage_scale, fee_scale):
+    """Units to trade at the open ``o`` so that the position is ``sized`` x the equity left after
+    the order's own costs. With c the cost per unit of notional (slippage, and the fee on the
+    slipped price) priced at the naive order, x = (sized x mark / o - units) / (1 + sized c sign).
+    The naive order is the larger one when the position grows, so its impact over-estimates c and
+    the position never exceeds ``sized`` x equity (leverage stays within the cap)."""
+    naive = sized * max(mark, 0.0) / o - units
+    if naive == 0.0:
+        return 0.0
+    side = np.sign(naive)
+    price, fee = _fill(rules, naive, o, last_volume, slippage_scale, fee_scale)
+    cost = side * (price - o) / o + fee / (abs(naive) * o)
+    return naive / max(1.0 + sized * cost * side, 1e-9)
+
+
+@njit(cache=True, error_model="numpy")
 def _stop_exit(position, risk_row, o, h, l, entered_now):
     """(exit price, reason) if a stop, trailing stop or take-profit hits in this bar, else (0, 0).
 
@@ -163,64 +201,77 @@ def _stop_exit(position, risk_row, o, h, l, entered_now):
 
 
 @njit(cache=True, error_model="numpy")
-def step_envs(targets, bars, features, window, rules, auto_reset, rng_state, start_low, start_high,
-              t, cash, units, held, equity, steps, stats, risk, obs, account, reward, terminated,
-              truncated, fills):
-    """Advance every env one bar towards its target position (fraction of equity).
+def _sized_target(i, target, bars, t, rules, risk):
+    """The position (fraction of equity) the account aims for after bar t's close: the target x
+    bar t's size multiplier for its side, within +-max_leverage; 0 while a stop keeps it out."""
+    size = bars[t, SIZE] if target >= 0 else bars[t, SHORT_SIZE]
+    sized = min(max(target * size, -rules[MAX_LEVERAGE]), rules[MAX_LEVERAGE])
+    if risk[i, STOPPED] != 0.0:
+        if np.sign(target) == risk[i, STOPPED]:
+            return 0.0  # reenter = signal: out until the agent's target leaves the stopped side
+        risk[i, STOPPED] = 0.0
+    return sized
 
-    A target within ``rebalance_threshold`` of the one held trades nothing. Writes reward,
-    terminated (equity under ``equity_floor``), truncated (episode length reached, or no next
-    bar), and this bar's executions into ``fills``. With ``auto_reset`` a finished env restarts
-    at once at a random bar in [start_low, start_high) and ``obs`` holds its new episode's first
-    window; without it the caller must reset finished envs before stepping them again.
+
+@njit(cache=True, error_model="numpy")
+def step_envs(targets, bars, features, window, rules, auto_reset, rng_state, start_low, start_high,
+              t, cash, units, requested, equity, steps, stats, risk, obs, account, reward,
+              terminated, truncated, fills):
+    """Advance every env one bar towards its target position (fraction of equity, before sizing).
+
+    ``requested`` holds each env's last requested sized target; a sized target within
+    ``rebalance_threshold`` of it trades nothing. Writes reward, terminated (equity under
+    ``equity_floor``), truncated (episode length reached, or no next bar), and this bar's
+    executions into ``fills``. With ``auto_reset`` a finished env restarts at once at a random
+    bar in [start_low, start_high) and ``obs`` holds its new episode's first window; without it
+    the caller must reset finished envs before stepping them again.
     """
     last_bar = bars.shape[0] - 1
-    max_leverage = rules[MAX_LEVERAGE]
     for i in range(targets.shape[0]):
-        nxt = t[i] + 1
+        now, nxt = t[i], t[i] + 1
         o, h, l, c = bars[nxt, OPEN], bars[nxt, HIGH], bars[nxt, LOW], bars[nxt, CLOSE]
+        last_volume, slip_scale, fee_scale = bars[now, VOLUME], bars[nxt, SLIPPAGE_SCALE], bars[nxt, FEE_SCALE]
         previous_equity = equity[i]
         fills[i, :] = 0.0
         entered = False  # a position opened (or flipped) at this bar's open
-        target, wanted = targets[i], targets[i]
+        target = targets[i]
         if risk[i, PAUSE_LEFT] > 0:  # the drawdown breaker holds the account flat
             risk[i, PAUSE_LEFT] -= 1
-            target, wanted = 0.0, 0.0
-        if abs(target - held[i]) > rules[REBALANCE] or (target == 0.0 and units[i] != 0.0):
-            sized = min(max(target * bars[t[i], SIZE], -max_leverage), max_leverage)
-            mark = cash[i] + units[i] * o  # equity at the open, before trading
-            traded = sized * max(mark, 0.0) / o - units[i]
-            cap = rules[MAX_PARTICIPATION] * bars[nxt, VOLUME] / rules[CAPITAL]
+            target = 0.0
+        sized = _sized_target(i, target, bars, now, rules, risk)
+        if abs(sized - requested[i]) > rules[REBALANCE] or (sized == 0.0 and units[i] != 0.0):
+            traded = _order_units(rules, sized, units[i], cash[i] + units[i] * o, o, last_volume,
+                                  slip_scale, fee_scale)
+            cap = rules[MAX_PARTICIPATION] * last_volume / rules[CAPITAL]
             partial = rules[MAX_PARTICIPATION] > 0 and abs(traded) > cap
             if partial:
                 traded = np.sign(traded) * cap
             if traded != 0.0:
                 before = units[i]
-                slip = _slippage(rules, traded, bars[t[i], VOLUME], bars[nxt, SLIPPAGE_SCALE])
-                price = o * (1.0 + slip * np.sign(traded))
-                fee = abs(traded) * price * rules[FEE] * bars[nxt, FEE_SCALE]
+                price, fee = _fill(rules, traded, o, last_volume, slip_scale, fee_scale)
                 cash[i] -= traded * price + fee
                 units[i] += traded
                 fills[i, ENTRY_PRICE], fills[i, ENTRY_UNITS], fills[i, ENTRY_FEE] = price, traded, fee
                 fills[i, PARTIAL] = 1.0 if partial else 0.0
                 if units[i] != 0.0 and (before == 0.0 or np.sign(before) != np.sign(units[i])):
-                    unit = bars[t[i], STOP_UNIT]
+                    unit = bars[now, STOP_UNIT]
                     entered = True
                     risk[i, ENTRY], risk[i, EXTREME] = price, price
                     risk[i, STOP_DIST] = rules[STOP_LOSS] * unit
                     risk[i, TAKE_DIST] = rules[TAKE_PROFIT] * unit
                     risk[i, TRAIL_DIST] = rules[TRAILING] * unit
             if not partial or rules[CARRY] == 0.0:
-                held[i] = wanted
+                requested[i] = sized
         if units[i] != 0.0 and (rules[STOP_LOSS] > 0 or rules[TAKE_PROFIT] > 0 or rules[TRAILING] > 0):
             exit_price, reason = _stop_exit(units[i], risk[i], o, h, l, entered)
             if reason != NO_EXIT:
                 traded = -units[i]
-                slip = _slippage(rules, traded, bars[t[i], VOLUME], bars[nxt, SLIPPAGE_SCALE])
-                price = exit_price * (1.0 + slip * np.sign(traded))
-                fee = abs(traded) * price * rules[FEE] * bars[nxt, FEE_SCALE]
+                price, fee = _fill(rules, traded, exit_price, last_volume, slip_scale, fee_scale)
                 cash[i] -= traded * price + fee
                 units[i] = 0.0
+                requested[i] = 0.0  # the account is flat: an unchanged target asks to re-enter
+                if rules[REENTER] == REENTER_SIGNAL:
+                    risk[i, STOPPED] = -np.sign(traded)
                 fills[i, EXIT_PRICE], fills[i, EXIT_UNITS], fills[i, EXIT_FEE] = price, traded, fee
                 fills[i, EXIT_REASON] = reason
             else:
@@ -242,6 +293,27 @@ def step_envs(targets, bars, features, window, rules, auto_reset, rng_state, sta
         truncated[i] = (steps[i] >= rules[EPISODE_LENGTH] or nxt >= last_bar) and not terminated[i]
         if auto_reset and (terminated[i] or truncated[i]):
             _reset_env(i, _draw_start(rng_state, i, start_low, start_high), bars, features,
-                       window, t, cash, units, held, equity, steps, stats, risk, obs, account)
+                       window, t, cash, units, requested, equity, steps, stats, risk, obs, account)
         else:
             _write_obs(i, nxt, features, window, units, c, equity, obs, account)
+
+
+@njit(cache=True, error_model="numpy")
+def close_positions(bars, rules, t, cash, units, requested, equity, fills):
+    """Close every open position at its bar's close ``close[t]`` (the end of a backtest), charged
+    like any exit: slippage and impact against the trade (bar t's volume, known at its close) and
+    the fee. Overwrites ``fills`` with the closing trade (EXIT_REASON = END_EXIT)."""
+    for i in range(t.shape[0]):
+        fills[i, :] = 0.0
+        if units[i] == 0.0:
+            continue
+        now = t[i]
+        traded = -units[i]
+        price, fee = _fill(rules, traded, bars[now, CLOSE], bars[now, VOLUME],
+                           bars[now, SLIPPAGE_SCALE], bars[now, FEE_SCALE])
+        cash[i] -= traded * price + fee
+        units[i] = 0.0
+        requested[i] = 0.0
+        equity[i] = cash[i]
+        fills[i, EXIT_PRICE], fills[i, EXIT_UNITS], fills[i, EXIT_FEE] = price, traded, fee
+        fills[i, EXIT_REASON] = END_EXIT

@@ -9,13 +9,16 @@ import numpy as np
 import pandas as pd
 
 from src.data.validate import OHLCV
+from src.config_checks import ConfigError
 from src.envs import kernels
 
 REWARDS = {"log_return": kernels.LOG_RETURN, "differential_sharpe": kernels.DIFFERENTIAL_SHARPE,
            "drawdown_penalty": kernels.DRAWDOWN_PENALTY}
-# per-bar inputs of the kernel, never observed: sizing, stop unit, fee and slippage multipliers
-SIZE_COLUMN, STOP_UNIT_COLUMN, FEE_SCALE_COLUMN, SLIPPAGE_SCALE_COLUMN = (
-    "@size", "@stop_unit", "@fee_scale", "@slippage_scale")
+# per-bar inputs of the kernel, never observed: size multipliers of long and short targets, stop
+# unit, fee and slippage multipliers
+SIZE_COLUMN, SHORT_SIZE_COLUMN, STOP_UNIT_COLUMN, FEE_SCALE_COLUMN, SLIPPAGE_SCALE_COLUMN = (
+    "@size", "@short_size", "@stop_unit", "@fee_scale", "@slippage_scale")
+REENTER = {"next_bar": kernels.REENTER_NEXT_BAR, "signal": kernels.REENTER_SIGNAL}
 
 
 @dataclass(frozen=True)
@@ -25,11 +28,11 @@ class MarketRules:
     transaction_fee: float = 0.001    # fraction of traded notional
     slippage_bps: float = 0.0         # fixed, basis points against the trade
     impact: float = 0.0               # extra slippage fraction x sqrt(order units / last bar volume)
-    max_participation: float = 0.0    # fill at most this fraction of the fill bar's volume (0 = off)
+    max_participation: float = 0.0    # fill at most this fraction of the last closed bar's volume (0 = off)
     carry_unfilled: bool = True       # an unfilled remainder keeps trying next bar (else dropped)
     episode_length: int = 512         # bars per episode
     equity_floor: float = 0.0         # fraction of starting equity that ends an episode
-    rebalance_threshold: float = 0.0  # |target - held| at or below this trades nothing
+    rebalance_threshold: float = 0.0  # |sized target - last requested| at or below this trades nothing
     reward: str = "log_return"        # a key of REWARDS
     reward_param: float = 0.0         # EMA rate (differential_sharpe) or penalty (drawdown_penalty)
     max_leverage: float = 1.0         # cap on |position| / equity after sizing
@@ -41,17 +44,13 @@ class MarketRules:
     drawdown_limit: float = 0.0       # flatten and pause beyond this drawdown from the peak (0 = off)
     pause_bars: int = 0               # bars the breaker keeps the account flat
     capital: float = 1.0              # quote currency per unit of account equity (volume checks)
+    reenter: str = "next_bar"         # after a stop: next_bar | signal (see src/envs/kernels.py)
 
     def __post_init__(self):
-        if self.capital <= 0:
-            raise ValueError(f"capital={self.capital} must be > 0")
-        for name in ("transaction_fee", "slippage_bps", "impact", "max_participation", "stop_loss",
-                     "take_profit", "trailing_stop", "borrow_per_bar", "funding_per_bar",
-                     "drawdown_limit"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if self.reward not in REWARDS:
-            raise ValueError(f"env.reward={self.reward!r}; valid: {', '.join(REWARDS)}")
+            raise ConfigError(f"env.reward={self.reward!r}; valid: {', '.join(REWARDS)}")
+        if self.reenter not in REENTER:
+            raise ConfigError(f"backtest.stops.reenter={self.reenter!r}; valid: {', '.join(REENTER)}")
 
     def vector(self) -> np.ndarray:
         """The rules in the kernel's order (src/envs/kernels.py: FEE ... PAUSE_BARS)."""
@@ -60,17 +59,22 @@ class MarketRules:
                   self.equity_floor, self.rebalance_threshold, REWARDS[self.reward],
                   self.reward_param, self.max_leverage, self.stop_loss, self.take_profit,
                   self.trailing_stop, self.borrow_per_bar, self.funding_per_bar,
-                  self.drawdown_limit, self.pause_bars, self.capital]
+                  self.drawdown_limit, self.pause_bars, self.capital, REENTER[self.reenter]]
         assert len(values) == kernels.N_RULES == len(fields(self))
         return np.asarray(values, dtype=np.float64)
 
 
 def market_bars(df: pd.DataFrame) -> np.ndarray:
-    """(T, 9) float64: open, high, low, close, volume, then the @-columns above (default 1)."""
+    """(T, 10) float64: open, high, low, close, volume, then the @-columns above (default 1;
+    ``@short_size`` defaults to ``@size``)."""
+    def column(name: str, default: np.ndarray) -> np.ndarray:
+        return df[name].to_numpy(np.float64) if name in df else default
+
     ones = np.ones(len(df))
+    size = column(SIZE_COLUMN, ones)
     columns = [df[c].to_numpy(np.float64) for c in OHLCV]
-    columns += [df[c].to_numpy(np.float64) if c in df else ones for c in
-                (SIZE_COLUMN, STOP_UNIT_COLUMN, FEE_SCALE_COLUMN, SLIPPAGE_SCALE_COLUMN)]
+    columns += [size, column(SHORT_SIZE_COLUMN, size), column(STOP_UNIT_COLUMN, ones),
+                column(FEE_SCALE_COLUMN, ones), column(SLIPPAGE_SCALE_COLUMN, ones)]
     return np.ascontiguousarray(np.stack(columns, axis=1))
 
 
@@ -78,8 +82,9 @@ class VectorMarket:
     """N envs over ``df`` (OHLCV + the ``feature_columns`` the agent observes).
 
     Arrays (all length N unless noted): ``t`` bar index of the latest close seen, ``cash``,
-    ``units`` (base currency), ``held`` (target fraction held), ``equity``, ``steps``, ``stats``
-    (N, 3) reward statistics, ``risk`` (N, 7) stop and breaker state, ``fills`` (N, 9) this
+    ``units`` (base currency), ``requested`` (the last requested sized target, a fraction of
+    equity), ``equity``, ``steps``, ``stats`` (N, 3) reward statistics, ``risk`` (N, 8) stop and
+    breaker state, ``fills`` (N, 9) this
     step's executions; ``obs`` (N, window, F) float32 and ``account`` (N, 2) float32 are the
     observation buffers, overwritten in place by every step.
     """
@@ -98,8 +103,9 @@ class VectorMarket:
         self.start_high = max(len(df) - 1 - rules.episode_length, self.start_low + 1)
         n = num_envs
         self.t, self.steps, self.starts = (np.zeros(n, np.int64) for _ in range(3))
-        self.cash, self.units, self.held, self.equity = (np.zeros(n) for _ in range(4))
-        self.stats, self.risk, self.fills = np.zeros((n, 3)), np.zeros((n, 7)), np.zeros((n, 9))
+        self.cash, self.units, self.requested, self.equity = (np.zeros(n) for _ in range(4))
+        self.stats, self.fills = np.zeros((n, 3)), np.zeros((n, 9))
+        self.risk = np.zeros((n, kernels.N_RISK))
         self.reward = np.zeros(n, np.float32)
         self.terminated, self.truncated = np.zeros(n, np.bool_), np.zeros(n, np.bool_)
         self.obs = np.zeros((n, window_size, len(feature_columns)), np.float32)
@@ -132,7 +138,7 @@ class VectorMarket:
                 raise ValueError(f"start bar {start} outside [{self.window - 1}, {self.n_bars - 1})")
             self.starts[mask] = start
         kernels.reset_envs(mask, self.starts, self.bars, self._flat_features, self.window, self.t,
-                           self.cash, self.units, self.held, self.equity, self.steps, self.stats,
+                           self.cash, self.units, self.requested, self.equity, self.steps, self.stats,
                            self.risk, self._flat_obs, self.account)
 
     def step(self, targets: np.ndarray) -> None:
@@ -140,5 +146,11 @@ class VectorMarket:
         kernels.step_envs(
             targets, self.bars, self._flat_features, self.window, self._rules, self.auto_reset,
             self.rng_state, self.start_low, self.start_high, self.t, self.cash, self.units,
-            self.held, self.equity, self.steps, self.stats, self.risk, self._flat_obs,
+            self.requested, self.equity, self.steps, self.stats, self.risk, self._flat_obs,
             self.account, self.reward, self.terminated, self.truncated, self.fills)
+
+    def close_positions(self) -> None:
+        """Close every open position at its current bar's close, charged like any exit (the end
+        of a backtest); ``fills`` then holds the closing trades."""
+        kernels.close_positions(self.bars, self._rules, self.t, self.cash, self.units,
+                                self.requested, self.equity, self.fills)

@@ -87,7 +87,7 @@ def market_rules(cfg, risk=None, index: pd.DatetimeIndex | None = None) -> Marke
                      borrow_per_bar=risk.financing.borrow_rate / periods,
                      funding_per_bar=risk.financing.funding_rate / periods,
                      drawdown_limit=risk.breaker.drawdown_limit, pause_bars=risk.breaker.pause_bars,
-                     capital=risk.initial_cash)
+                     capital=risk.initial_cash, reenter=risk.stops.reenter)
     return MarketRules(**rules)
 
 
