@@ -17,12 +17,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from src import registry
 from src.agents.baselines import BuyAndHold, RandomAgent
+from src.agents.checkpoint import policy_contract
 from src.backtest.metrics import periods_per_year
 from src.backtest.plots import html_report, save_plots
 from src.backtest.sizing import with_risk_columns
+from src.config_checks import ConfigError, check_ranges
 from src.data.ccxt_source import ExchangeConfigError
 from src.data.validate import DataValidationError
-from src.scenarios import apply_scenarios
+from src.envs.torchrl_env import feature_columns
+from src.scenarios import apply_scenarios, check_params
 from src.splits import split_bounds, with_history
 from src.summary import report, stress_report
 from src.tracking import listeners
@@ -47,6 +50,7 @@ class Market:
         self.bounds = split_bounds(len(self.raw), cfg.split.train, cfg.split.validation)
         self.featurize = registry.build("features", cfg.features)
         self.clean = self._features(self.raw)
+        self.scaler = self.featurize.scaler  # fitted on the clean train rows
         self.shift = self.featurize.warmup_rows  # feature rows start after the warm-up
         self.history = cfg.env.window_size - 1
         self.val_start = self.bounds.validation - self.shift
@@ -82,10 +86,10 @@ class Market:
 
 
 def stress_scenarios(cfg: DictConfig) -> dict[str, DictConfig]:
-    """{name: scenario config} for stress mode: the run's own settings for a scenario it selects,
-    else the defaults in conf/scenario/<name>.yaml."""
+    """{name: scenario config} for stress mode, ``none`` (the baseline) always first: the run's
+    own settings for a scenario it selects, else the defaults in conf/scenario/<name>.yaml."""
     out = {}
-    for name in cfg.stress.scenarios:
+    for name in dict.fromkeys(["none", *cfg.stress.scenarios]):
         if name in cfg.scenario:
             params = cfg.scenario[name]
         else:
@@ -98,17 +102,35 @@ def stress_scenarios(cfg: DictConfig) -> dict[str, DictConfig]:
     return out
 
 
+def check_config(cfg: DictConfig) -> None:
+    """Fail before any work on a setting out of range or a combination that would mislead."""
+    check_ranges(cfg)
+    check_params(cfg.scenario)
+    if cfg.mode == "stress":
+        for scenario in stress_scenarios(cfg).values():
+            check_params(scenario)
+    if (cfg.stress.train_under_scenario and cfg.features.normalize.method == "train_zscore"
+            and list(cfg.scenario) != ["none"]):
+        raise ConfigError(
+            "stress.train_under_scenario=true with features.normalize.method=train_zscore would fit "
+            "the scaler on stressed train bars and apply it to unstressed validation and test bars; "
+            "valid: features.normalize.method=rolling_zscore or none, or train_under_scenario=false")
+
+
 def run(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, float]]:
-    """Run one job described by ``cfg``; returns {agent name: test metrics, "validation":
-    validation metrics of the run's agent (what sweeps select on)}."""
+    """Run one job described by ``cfg``; returns {"validation": validation metrics of the run's
+    agent (what sweeps select on)} plus, with ``evaluate_test``, {agent name: test metrics}."""
     started = time.perf_counter()
     registry.validate(cfg)
+    check_config(cfg)
     registry.build("resources", cfg.resources)
     seed_everything(cfg.seed)
     market = Market(cfg)
     risk = cfg.backtest if cfg.backtest.apply_in_training else None
     train_scenario = cfg.scenario if cfg.stress.train_under_scenario else None
-    train_env = registry.build("env", cfg.env, market.train(train_scenario), seed=cfg.seed, risk=risk)
+    train_df = market.train(train_scenario)
+    train_env = registry.build("env", cfg.env, train_df, seed=cfg.seed, risk=risk)
+    contract = policy_contract(cfg, feature_columns(train_df), market.scaler)
     agent = registry.build("agent", cfg.agent, train_env, seed=cfg.seed)
     backtester = registry.build("backtest", cfg.backtest, cfg.env, train_env.actions)
     validation_df = market.validation()
@@ -117,7 +139,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, float]]:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         if cfg.agent.get("checkpoint"):
-            agent.load(Path(cfg.agent.checkpoint))
+            agent.load(Path(cfg.agent.checkpoint), contract)
         else:
             agent.fit(train_env, _log_metrics, lambda a: backtester.run(a, validation_df).metrics)
         contenders = {agent.name: agent}
@@ -127,11 +149,14 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, float]]:
         # at the last training step, so MLflow's latest val/* is the selected policy's
         mlflow.log_metrics({f"val/{k}": v for k, v in validation.items()}, step=agent.frames_trained)
         artifacts = [output_dir / "config.yaml"]
-        if cfg.mode == "stress":
+        metrics = {}
+        if not cfg.evaluate_test:  # a sweep trial: selection sees validation only
+            mlflow.set_tag("test_evaluated", "false")
+        elif cfg.mode == "stress":
             metrics = _stress(cfg, market, backtester, agent, contenders, output_dir, artifacts)
         else:
             metrics = _backtest(cfg, market, backtester, agent, contenders, output_dir, artifacts)
-        saved = agent.save(output_dir / "policy.pt")
+        saved = agent.save(output_dir / "policy.pt", contract)
         for path in artifacts + ([saved] if saved else []):
             mlflow.log_artifact(str(path))
         mlflow.log_metric("run_seconds", time.perf_counter() - started)
@@ -148,7 +173,7 @@ def _backtest(cfg, market, backtester, agent, contenders, output_dir, artifacts)
         if name != agent.name:
             mlflow.log_metrics({f"baseline/{name}/{k}": v for k, v in result.metrics.items()})
     main.trades.to_csv(output_dir / "trades.csv", index=False)
-    main.equity.to_csv(output_dir / "equity.csv")
+    pd.concat([main.equity, main.financing], axis=1).to_csv(output_dir / "equity.csv")
     metrics = {name: r.metrics for name, r in results.items()}
     title = (f"Test split ({test_df.index[cfg.env.window_size - 1]:%Y-%m-%d} .. "
              f"{test_df.index[-1]:%Y-%m-%d}), scenario={'+'.join(cfg.scenario)}")
@@ -177,11 +202,11 @@ def _stress(cfg, market, backtester, agent, contenders, output_dir, artifacts) -
                                     agent.name, periods_per_year(test_df.index), marks)[:1]
     stress_report(table, agent.name, output_dir / "stress.json")
     artifacts.append(output_dir / "stress.json")
-    return table.get("none", next(iter(table.values())))
+    return table["none"]
 
 
 USER_ERRORS = (DataValidationError, ExchangeConfigError, registry.UnknownComponentError,
-               FileNotFoundError)
+               FileNotFoundError, ConfigError)
 
 
 def _log_metrics(metrics: dict[str, float], step: int) -> None:
@@ -191,17 +216,22 @@ def _log_metrics(metrics: dict[str, float], step: int) -> None:
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict[str, float]:
-    """Returns the run's validation and test metrics as {"val/sharpe": ..., "test/sharpe": ...}.
+    """Returns the run's validation metrics as {"val/sharpe": ...}, and its test metrics as
+    {"test/sharpe": ...} when ``evaluate_test``; ``output_dir`` says where its files (policy.pt)
+    are.
 
-    Bad input (data, config names, exchange settings) ends the run with its message, no traceback.
+    Bad input (data, config names, ranges, exchange settings) ends the run with its message, no
+    traceback.
     """
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        metrics = run(cfg, output_dir)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     return {**{f"val/{k}": v for k, v in metrics["validation"].items()},
-            **{f"test/{k}": v for k, v in metrics[cfg.agent.name].items()}}
+            **{f"test/{k}": v for k, v in metrics.get(cfg.agent.name, {}).items()},
+            "output_dir": str(output_dir.absolute())}
 
 
 if __name__ == "__main__":

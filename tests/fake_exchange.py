@@ -53,6 +53,7 @@ class FakeBinance:
         self.drops = 0             # close this many kline connections without an answer
         self.fail_after = None     # after this many kline requests, drop every connection
         self.duplicate_row = None  # repeat this bar index in the responses (a dirty feed)
+        self.withheld_from = None  # return no bar opening at or after this time (ms): empty pages
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -80,7 +81,8 @@ class FakeBinance:
             return 400, {"code": -1121, "msg": "Invalid symbol."}
         start = int(query.get("startTime", FIRST_BAR_MS))
         limit = min(int(query.get("limit", 500)), 1000)
-        rows = [row for row in self.rows if row[0] >= start][:limit]
+        rows = [row for row in self.rows if row[0] >= start
+                and (self.withheld_from is None or row[0] < self.withheld_from)][:limit]
         if self.duplicate_row is not None:
             rows += [r for r in rows if r[0] == self.rows[self.duplicate_row][0]]
         return 200, rows

@@ -106,9 +106,46 @@ def test_duplicates_and_gaps_fail_or_repair(server, tmp_path):
         load(server, tmp_path, start="2024-01-01", end="2024-01-05")
     df = load(server, tmp_path, start="2024-01-01", end="2024-01-05", on_invalid="repair")
     assert df.attrs["data_quality"]["duplicates"] >= 1 and df.attrs["data_quality"]["gaps"] == 1
-    assert len(df) == 4 * 24 and df["$filled"].sum() == 1
-    filled = df.index[df["$filled"] == 1][0]
+    assert len(df) == 4 * 24 and df["@filled"].sum() == 1
+    filled = df.index[df["@filled"] == 1][0]
     assert df.loc[filled, "$volume"] == 0 and df.loc[filled, "$open"] == df["$close"].shift().loc[filled]
+
+
+def test_a_repair_run_does_not_write_fabricated_bars_into_the_cache(server, tmp_path):
+    del server.rows[40]  # the exchange has no candle at 2024-01-02 16:00
+    repaired = load(server, tmp_path, start="2024-01-01", end="2024-01-05", on_invalid="repair")
+    assert repaired.attrs["data_quality"]["gaps"] == 1 and repaired["@filled"].sum() == 1
+    cached = pd.read_parquet(cache_path(tmp_path / "raw", "binance", "BTC/USDT", "1h"))
+    assert list(cached.columns) == ["$open", "$high", "$low", "$close", "$volume"]
+    assert pd.Timestamp("2024-01-02 16:00", tz="UTC") not in cached.index  # only what was returned
+    requests = server.kline_requests
+    with pytest.raises(DataValidationError, match=r"missing 1h bar \(gap\) at 2024-01-02 16:00"):
+        load(server, tmp_path, start="2024-01-01", end="2024-01-05")  # from the cache, same gap
+    assert server.kline_requests == requests
+    again = load(server, tmp_path, start="2024-01-01", end="2024-01-05", on_invalid="repair")
+    assert again.attrs["data_quality"]["gaps"] == 1  # repaired again, and counted again
+
+
+def test_the_forming_candle_is_never_cached(server, tmp_path):
+    forming = 50  # the candle that opened at 2024-01-03 02:00, still forming at 02:30
+    now = pd.Timestamp(server.rows[forming][0], unit="ms", tz="UTC") + pd.Timedelta("30min")
+    final = list(server.rows[forming])
+    server.rows[forming] = final[:4] + [final[1], "1.00000"] + final[6:]  # close = open so far
+    early = load(server, tmp_path, start="2024-01-01", end="2024-01-05", now=now)
+    assert early.index[-1] == now.floor("h") - pd.Timedelta("1h")  # the last closed bar
+    server.rows[forming] = final  # the candle closes with its final values
+    later = load(server, tmp_path, start="2024-01-01", end="2024-01-05",
+                 now=now + pd.Timedelta("2h"))
+    bar = later.loc[now.floor("h")]
+    assert bar["$close"] == float(final[4]) and bar["$volume"] == float(final[5])
+
+
+def test_an_empty_page_that_truncates_the_range_names_the_missing_part(server, tmp_path):
+    server.withheld_from = int(pd.Timestamp("2024-01-20", tz="UTC").value // 10**6)
+    with pytest.raises(DataValidationError, match=r"no bars returned for \[2024-01-20 00:00:00\+00:00, "
+                       r"2024-03-01 00:00:00\+00:00\)"):
+        load(server, tmp_path)
+    assert not cache_path(tmp_path / "raw", "binance", "BTC/USDT", "1h").exists()
 
 
 @pytest.mark.slow

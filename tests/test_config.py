@@ -45,7 +45,7 @@ def build_all(cfg, market_df):
         actions = agent.act(td["market"], td["account"])
     assert env.action_spec.is_in(actions)
     registry.build("backtest", cfg.backtest, cfg.env, env.actions)
-    stressed, _ = apply_scenarios(raw, len(raw) // 2, cfg.scenario)
+    stressed, _ = apply_scenarios(raw, len(raw) // 4, cfg.scenario)
     validate_ohlcv(stressed[list(raw.columns[:5])])
 
 

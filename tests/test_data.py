@@ -120,4 +120,4 @@ def test_gaps_are_checked_when_the_timeframe_is_known(tmp_path, bars):
     read_ohlcv_file(path)  # no timeframe: weekends and holidays are not gaps
     with pytest.raises(DataValidationError, match=r"missing 1h bar \(gap\) at 2020-01-01 20:00"):
         read_ohlcv_file(path, timeframe="1h")
-    assert read_ohlcv_file(path, timeframe="1h", on_invalid="repair")["$filled"].sum() == 1
+    assert read_ohlcv_file(path, timeframe="1h", on_invalid="repair")["@filled"].sum() == 1

@@ -87,16 +87,18 @@ def test_orders_are_sized_so_that_notional_plus_costs_fits_the_leverage_cap(
         assert m.fills[0, k.FINANCING] == 0.0 or m.rules.funding_per_bar == 0.0
 
 
-def perturbed_after(df: pd.DataFrame, t: int, seed: int) -> pd.DataFrame:
-    """``df`` with every value of every bar after t changed, except bar t+1's open (the fill
-    price of the decision at t): a valid OHLC path again, features and volume redrawn."""
+def perturbed_after(df: pd.DataFrame, t: int, seed: int, fill: int | None = None) -> pd.DataFrame:
+    """``df`` with every value of every bar after t changed, except the open of the bar that fills
+    the decision at t (``fill``: t+1, or the reopening bar after an outage): a valid OHLC path
+    again, features and volume redrawn."""
     rng = np.random.default_rng(seed)
     out = df.copy()
     n = len(df) - t - 1
     factor = np.exp(np.cumsum(rng.normal(0, 0.05, n)))
     prices = ["$open", "$high", "$low", "$close"]
     out.iloc[t + 1 :, [out.columns.get_loc(c) for c in prices]] = df[prices].iloc[t + 1 :].to_numpy() * factor[:, None]
-    out.iloc[t + 1, out.columns.get_loc("$open")] = df["$open"].iloc[t + 1]
+    fill = t + 1 if fill is None else fill
+    out.iloc[fill, out.columns.get_loc("$open")] = df["$open"].iloc[fill]
     body = out[["$open", "$close"]]
     out["$high"] = np.maximum(out["$high"], body.max(axis=1))
     out["$low"] = np.minimum(out["$low"], body.min(axis=1))
@@ -137,7 +139,9 @@ def test_nothing_decided_or_filled_up_to_t_plus_1_sees_bars_after_t(
                         take_profit=cfg.backtest.stops.take_profit, borrow_per_bar=1e-4,
                         funding_per_bar=1e-4, drawdown_limit=0.3, pause_bars=3, capital=1000.0)
     records = []
-    for frame in (raw, perturbed_after(raw, decision, noise)):
+    stamps = apply_scenarios(raw, 60, cfg.scenario)[0].index
+    fill = raw.index.get_loc(stamps[stamps > raw.index[decision]][0])  # t+1 unless t+1 is in a gap
+    for frame in (raw, perturbed_after(raw, decision, noise, fill)):
         stressed, _ = apply_scenarios(frame, 60, cfg.scenario)
         stressed = with_risk_columns(stressed, cfg.backtest)
         t_stamp = raw.index[decision]
@@ -145,12 +149,12 @@ def test_nothing_decided_or_filled_up_to_t_plus_1_sees_bars_after_t(
         m.reset(start=WINDOW - 1)
         history = []
         while m.index[m.t[0]] <= t_stamp:
-            decided = m.index[m.t[0]] == t_stamp
+            decided = m.index[m.t[0] + 1] > t_stamp  # the last decision at or before t
             observation = m.obs.copy()
             target = np.sign(observation[0, -1, 0]) * (1.0 + (m.t[0] % 3 == 0))
             m.step(np.array([target]))
             fills = m.fills[0].copy()
-            if decided:  # the fill at t+1's open, not what happens later inside bar t+1
+            if decided:  # the fill at the next bar's open, not what happens later inside it
                 fills = fills[[k.ENTRY_PRICE, k.ENTRY_UNITS, k.ENTRY_FEE, k.PARTIAL]]
                 history.append((observation, target, fills))
             else:

@@ -41,15 +41,18 @@ def test_same_trades_as_backtesting_py():
     ours = result.trades
     theirs = reference_trades()
     entries, exits = ours[ours.side == "buy"], ours[ours.side == "sell"]
-    assert len(entries) == len(theirs) and len(exits) == len(theirs) - 1  # theirs closes the last
+    assert len(entries) == len(theirs) and len(exits) == len(theirs)  # both close the last at the end
+    assert exits.reason.iloc[-1] == "end_of_backtest"
     # backtesting.py first calls next() one bar after its indicators exist; we trade on the first
     # bar both SMAs exist, so only the first entry differs, by exactly one bar
     first = list(df.index).index(entries.timestamp.iloc[0])
     assert df.index[first + 1].tz_localize(None) == theirs.EntryTime.iloc[0]
     assert list(entries.timestamp.dt.tz_localize(None))[1:] == list(theirs.EntryTime)[1:]
-    assert list(exits.timestamp.dt.tz_localize(None)) == list(theirs.ExitTime)[: len(exits)]
+    assert list(exits.timestamp.dt.tz_localize(None)) == list(theirs.ExitTime)
     np.testing.assert_allclose(entries.price[1:], theirs.EntryPrice[1:])
-    np.testing.assert_allclose(exits.price, theirs.ExitPrice[: len(exits)])
+    np.testing.assert_allclose(exits.price[:-1], theirs.ExitPrice[:-1])
+    # the position open at the end: we close it at the last close, backtesting.py at the last open
+    assert exits.price.iloc[-1] == df["$close"].iloc[-1] and theirs.ExitPrice.iloc[-1] == df["$open"].iloc[-1]
     # per-trade returns agree (their sizes are whole shares, ours fractions of equity)
-    ours_returns = exits.price.to_numpy()[1:] / entries.price.to_numpy()[1 : len(exits)] - 1
-    np.testing.assert_allclose(ours_returns, theirs.ReturnPct.to_numpy()[1 : len(exits)], rtol=1e-9)
+    ours_returns = exits.price.to_numpy()[1:-1] / entries.price.to_numpy()[1:-1] - 1
+    np.testing.assert_allclose(ours_returns, theirs.ReturnPct.to_numpy()[1:-1], rtol=1e-9)

@@ -24,9 +24,11 @@ class Agent:
     def act(self, market: torch.Tensor, account: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def save(self, path: Path) -> Path | None:
-        """Write a checkpoint to ``path``; returns it, or None for agents without parameters."""
+    def save(self, path: Path, contract: dict) -> Path | None:
+        """Write a checkpoint to ``path`` with the policy's ``contract``
+        (src/agents/checkpoint.py); returns it, or None for agents without parameters."""
         return None
 
-    def load(self, path: Path) -> None:
+    def load(self, path: Path, contract: dict) -> None:
+        """Load ``path``; fails unless its stored contract equals ``contract``."""
         raise ValueError(f"agent {self.name!r} has no parameters to load from {path}")

@@ -24,6 +24,7 @@ from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value import GAE
 
 from src.agents.base import Agent, MetricLogger
+from src.agents.checkpoint import check_contract
 from src.agents.models import build_network
 from src.envs.actions import ActionSpace
 from src.registry import register
@@ -137,14 +138,16 @@ class PPOAgent(Agent):
         with set_exploration_type(ExplorationType.DETERMINISTIC):
             return self.actor(observation)["action"]
 
-    def save(self, path: Path) -> Path:
-        torch.save({"actor": self.actor.state_dict(), "critic": self.critic.state_dict()}, path)
+    def save(self, path: Path, contract: dict) -> Path:
+        torch.save({"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+                    "contract": contract}, path)
         return path
 
-    def load(self, path: Path) -> None:
+    def load(self, path: Path, contract: dict) -> None:
         if not Path(path).is_file():
             raise FileNotFoundError(f"agent.checkpoint={path}: no such file")
         state = torch.load(path, weights_only=True)
+        check_contract(state.get("contract"), contract, str(path))
         self.actor.load_state_dict(state["actor"])
         self.critic.load_state_dict(state["critic"])
 

@@ -1,9 +1,13 @@
 """OHLCV from an exchange through ccxt, with a parquet cache under ``data/raw/``.
 
-The cache file of (exchange, symbol, timeframe) holds every bar fetched so far. A run whose range
-the cache covers touches no network; otherwise only the missing head and tail are fetched and
-merged. Writes are atomic (temp file + rename); an unreadable or mis-shaped cache file is
-reported, discarded and refetched (src/data/cache.py).
+The cache file of (exchange, symbol, timeframe) holds every *closed* bar fetched so far, exactly as
+the exchange returned it (sorted by time, one row per timestamp): gaps stay gaps, and
+``data.on_invalid`` (fail, or repair by forward-filling) is applied after loading, every time. The
+still-forming candle is never cached: ``end`` is clamped to the last closed bar. A fetch must cover
+[start, end); a part the exchange did not return is an error that names it. A run whose range the
+cache covers touches no network; otherwise only the missing head and tail are fetched and merged.
+Writes are atomic (temp file + rename); an unreadable or mis-shaped cache file is reported,
+discarded and refetched (src/data/cache.py).
 """
 import logging
 import re
@@ -40,7 +44,7 @@ def read_cache(path: Path) -> pd.DataFrame | None:
         return None
     try:
         df, _ = read_parquet(path)
-        if list(df.columns) not in (OHLCV, OHLCV + ["$filled"]) or not isinstance(df.index, pd.DatetimeIndex):
+        if list(df.columns) != OHLCV or not isinstance(df.index, pd.DatetimeIndex):
             raise ValueError(f"schema {list(df.columns)} / {type(df.index).__name__}")
         return validate_ohlcv(df, source=str(path))
     except Exception as error:  # noqa: BLE001 - any unreadable cache is refetched, never trusted
@@ -97,8 +101,10 @@ class ExchangeClient:
 
     def fetch(self, symbol: str, timeframe: str, start: pd.Timestamp, end: pd.Timestamp,
               limit: int) -> pd.DataFrame:
-        """Bars with open time in [start, end), paginating by ``since`` until covered."""
-        step_ms = int(bar_delta(timeframe).total_seconds() * 1000)
+        """Bars with open time in [start, end), paginating by ``since`` until covered; raises
+        ``DataValidationError`` naming the part of the range the exchange did not return."""
+        step = bar_delta(timeframe)
+        step_ms = int(step.total_seconds() * 1000)
         since, end_ms, rows = int(start.timestamp() * 1000), int(end.timestamp() * 1000), []
         while since < end_ms:
             batch = self.call("fetch_ohlcv", symbol, timeframe, since, limit)
@@ -107,7 +113,17 @@ class ExchangeClient:
                 break
             rows += batch
             since = int(max(row[0] for row in batch)) + step_ms  # always moves forward
-        return bars_from_rows(rows)
+        bars = bars_from_rows(rows)
+        first = bars.index.min() if len(bars) else end
+        last_end = bars.index.max() + step if len(bars) else end
+        for missing_from, missing_to in [(start, first), (last_end, end)]:
+            if missing_from < missing_to:
+                raise DataValidationError(
+                    f"{self.exchange.id} {symbol} {timeframe}: no bars returned for "
+                    f"[{missing_from}, {missing_to}) of the requested [{start}, {end}) (an empty "
+                    "page ended the download). Fix: narrow data.start/data.end to the range the "
+                    "exchange has, or retry later")
+        return bars
 
 
 def bars_from_rows(rows: list) -> pd.DataFrame:
@@ -117,35 +133,51 @@ def bars_from_rows(rows: list) -> pd.DataFrame:
     return pd.DataFrame(array[:, 1:], index=index, columns=OHLCV)
 
 
+def closed_end(start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta,
+               now: pd.Timestamp) -> pd.Timestamp:
+    """``end`` clamped so that every bar in [start, end) has closed by ``now`` (bars on start's
+    grid; the bar that opened at or after now - step is still forming)."""
+    last_open = start + ((now - step - start) // step) * step
+    return min(end, last_open + step)
+
+
 def load_exchange_ohlcv(exchange: str, symbol: str, timeframe: str, start: str, end: str,
                         cache_dir: str = "data/raw", limit: int = 1000, on_invalid: str = "fail",
                         base_url: str | None = None, options: dict | None = None,
-                        max_retries: int = 5, backoff_seconds: float = 1.0) -> pd.DataFrame:
-    """Bars of [start, end) from the cache, fetching only what it lacks."""
-    start_ts, end_ts = pd.Timestamp(start, tz="UTC"), pd.Timestamp(end, tz="UTC")
-    if end_ts <= start_ts:
+                        max_retries: int = 5, backoff_seconds: float = 1.0,
+                        now: pd.Timestamp | None = None) -> pd.DataFrame:
+    """Closed bars of [start, end) from the cache, fetching only what it lacks; ``now`` (default
+    the clock) decides which bars have closed."""
+    start_ts, requested_end = pd.Timestamp(start, tz="UTC"), pd.Timestamp(end, tz="UTC")
+    if requested_end <= start_ts:
         raise ValueError(f"data.end={end} must be after data.start={start}")
     step = bar_delta(timeframe)
+    end_ts = closed_end(start_ts, requested_end, step, now or pd.Timestamp.now(tz="UTC"))
+    if end_ts <= start_ts:
+        raise DataValidationError(f"{exchange} {symbol} {timeframe}: no bar of [{start}, {end}) "
+                                  "has closed yet. Fix: move data.start into the past")
+    if end_ts < requested_end:
+        log.info("data.end=%s is not closed yet: bars up to %s (exclusive), the last closed one",
+                 end, end_ts)
     path = cache_path(cache_dir, exchange, symbol, timeframe)
     cached = read_cache(path)
     missing = _missing_ranges(cached, start_ts, end_ts, step)
-    fetch_quality = None
+    fetch_quality = {}
     if missing:
         client = ExchangeClient(exchange, base_url, options, max_retries, backoff_seconds)
         client.check(symbol, timeframe)
         fetched = [client.fetch(symbol, timeframe, a, b, limit) for a, b in missing]
         parts = [part for part in [cached, *fetched] if part is not None and len(part)]
-        if not parts:
-            raise DataValidationError(f"{exchange} returned no {symbol} {timeframe} bars in "
-                                      f"[{start}, {end}). Fix: check data.start/data.end")
         merged = pd.concat(sorted(parts, key=lambda part: part.index.min()))  # head, cache, tail
-        checked = check_bars(merged, timeframe, on_invalid, source=f"{exchange} {symbol} {timeframe}")
-        write_parquet(validate_ohlcv(checked, source=str(path)), path)
-        cached, fetch_quality = checked, checked.attrs["data_quality"]
+        # what this fetch returned is checked (fail names a duplicate), then cached as returned
+        fetch_quality = check_bars(merged, timeframe, on_invalid,
+                                   source=f"{exchange} {symbol} {timeframe}").attrs["data_quality"]
+        cached = merged[~merged.index.duplicated(keep="last")].sort_index()
+        write_parquet(validate_ohlcv(cached, source=str(path)), path)
     window = cached.loc[(cached.index >= start_ts) & (cached.index < end_ts)]
-    out = check_bars(window, timeframe, on_invalid, source=str(path))
-    if fetch_quality:  # what this run repaired in what it fetched
-        out.attrs["data_quality"] = fetch_quality
+    out = check_bars(window, timeframe, on_invalid, source=str(path))  # repaired every time
+    for count in ("unsorted", "duplicates"):  # as fetched (the cache holds one row per bar)
+        out.attrs["data_quality"][count] = fetch_quality.get(count, 0)
     return validate_ohlcv(out, source=str(path))
 
 

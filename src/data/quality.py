@@ -2,7 +2,9 @@
 
 ``data.on_invalid``: ``fail`` names the first bad timestamp; ``repair`` sorts, drops duplicate
 timestamps (keeping the last), and forward-fills missing bars as flat bars at the previous close
-with zero volume, marked ``$filled = 1``. The counts land in ``df.attrs["data_quality"]``.
+with zero volume, marked ``@filled = 1`` (an @-column: a per-bar input never observed by agents).
+The counts land in ``df.attrs["data_quality"]``. Sources repair after loading, every time: a raw
+cache holds only what the exchange returned.
 """
 import numpy as np
 import pandas as pd
@@ -10,6 +12,7 @@ import pandas as pd
 from src.data.validate import OHLCV, DataValidationError
 
 ON_INVALID = ("fail", "repair")
+FILLED = "@filled"
 
 
 def bar_delta(timeframe: str) -> pd.Timedelta:
@@ -63,13 +66,12 @@ def _first(mask: np.ndarray, stamps: pd.DatetimeIndex, shift: int):
 
 
 def _fill_gaps(df: pd.DataFrame, expected: pd.DatetimeIndex) -> pd.DataFrame:
-    """Missing bars become flat bars at the last close, zero volume, ``$filled = 1``."""
+    """Missing bars become flat bars at the last close, zero volume, ``@filled = 1``."""
     out = df.reindex(expected)
     filled = out["$close"].isna()
     close = out["$close"].ffill()
     for column in OHLCV[:4]:
         out[column] = out[column].fillna(close)
     out["$volume"] = out["$volume"].fillna(0.0)
-    earlier = out["$filled"].fillna(0.0) if "$filled" in out else 0.0  # filled by an earlier run
-    out["$filled"] = np.maximum(filled.astype(float), earlier)
+    out[FILLED] = filled.astype(float)
     return out

@@ -60,9 +60,12 @@ def rolling_zscore(features: pd.DataFrame, window: int) -> pd.DataFrame:
                         columns=features.columns)
 
 
-def train_zscore(features: pd.DataFrame, fit_rows: int) -> pd.DataFrame:
+def train_zscore(features: pd.DataFrame, fit_rows: int) -> tuple[pd.DataFrame, dict]:
+    """(z-scores, scaler statistics {"mean": {column: value}, "std": {...}} of the train rows)."""
     train = features.iloc[:fit_rows]
-    return _zscore(features, features * 0 + train.mean(), features * 0 + train.std())
+    mean, std = train.mean(), train.std()
+    stats = {"mean": mean.to_dict(), "std": std.to_dict()}
+    return _zscore(features, features * 0 + mean, features * 0 + std), stats
 
 
 def _zscore(features: pd.DataFrame, mean: pd.DataFrame, std: pd.DataFrame) -> pd.DataFrame:
@@ -70,11 +73,12 @@ def _zscore(features: pd.DataFrame, mean: pd.DataFrame, std: pd.DataFrame) -> pd
     return z.where(std > 0, 0.0).where(features.notna() & mean.notna()).clip(-CLIP, CLIP)
 
 
-def normalize(features: pd.DataFrame, cfg, fit_rows: int | None = None) -> pd.DataFrame:
+def normalize(features: pd.DataFrame, cfg, fit_rows: int | None = None) -> tuple[pd.DataFrame, dict]:
+    """(normalised features, fitted scaler statistics: empty unless ``train_zscore``)."""
     if cfg.method == "none":
-        return features
+        return features, {}
     if cfg.method == "rolling_zscore":
-        return rolling_zscore(features, int(cfg.window))
+        return rolling_zscore(features, int(cfg.window)), {}
     if cfg.method == "train_zscore":
         if not fit_rows:
             raise ValueError("features.normalize.method=train_zscore needs the train split's "

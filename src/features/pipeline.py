@@ -20,7 +20,7 @@ from src.data.cache import read_parquet, write_parquet
 from src.features.normalize import normalize, normalization_warmup
 
 log = logging.getLogger(__name__)
-CODE_VERSION = "2"  # bump when a feature's formula changes: cached features become stale
+CODE_VERSION = "3"  # bump when a feature's formula changes: cached features become stale
 Compute = Callable[[pd.DataFrame], tuple[pd.DataFrame, int | None]]
 
 
@@ -41,6 +41,7 @@ class FeatureSet:
     def __init__(self, name: str, compute: Compute, cfg):
         self.name, self.compute, self.cfg = name, compute, cfg
         self.warmup_rows = 0
+        self.scaler: dict = {}  # train_zscore's fitted statistics (what a checkpoint stores)
         self.cache_dir = Path(cfg.cache_dir) if cfg.get("cache_dir") else None
 
     def __call__(self, df: pd.DataFrame, fit_rows: int | None = None) -> pd.DataFrame:
@@ -54,13 +55,13 @@ class FeatureSet:
             return cached
         out = self._build(df, fit_rows)
         write_parquet(out, path, {"key": key, "content_hash": frame_hash(out),
-                                  "warmup_rows": self.warmup_rows})
+                                  "warmup_rows": self.warmup_rows, "scaler": self.scaler})
         return out
 
     def _build(self, df: pd.DataFrame, fit_rows: int | None) -> pd.DataFrame:
         raw, lookback = self.compute(df)
         raw = raw.replace([np.inf, -np.inf], np.nan)
-        features = normalize(raw, self.cfg.normalize, fit_rows)
+        features, self.scaler = normalize(raw, self.cfg.normalize, fit_rows)
         if lookback is None:
             valid = features.notna().all(axis=1).to_numpy()
             warmup = int(np.argmax(valid)) if valid.any() else len(df)
@@ -96,5 +97,5 @@ class FeatureSet:
         if record.get("key") != key or record.get("content_hash") != frame_hash(out):
             log.warning("feature cache %s failed verification; recomputing", path)
             return None
-        self.warmup_rows = int(record["warmup_rows"])
+        self.warmup_rows, self.scaler = int(record["warmup_rows"]), record.get("scaler", {})
         return out

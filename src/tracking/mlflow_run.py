@@ -61,11 +61,12 @@ def use_tracking_uri(configured: str | None = None) -> str:
 def mlflow_run(cfg: DictConfig, run_name: str) -> Iterator[mlflow.ActiveRun]:
     """Open the run for this job; a failing job is recorded as FAILED, never left half-open.
 
-    With ``mlflow.parent_run_id`` set (a sweep), the run is nested under that run."""
+    With ``mlflow.parent_run_id`` set (a sweep), the run is nested under that run (which may be
+    the active run of this process: a sweep's test of its best trial)."""
     use_tracking_uri(cfg.mlflow.tracking_uri)
     parent = cfg.mlflow.get("parent_run_id")
     tags = {"mlflow.parentRunId": parent} if parent else None
-    with mlflow.start_run(experiment_id=experiment_id(cfg.mlflow.experiment),
-                          run_name=run_name, tags=tags) as run:
+    with mlflow.start_run(experiment_id=experiment_id(cfg.mlflow.experiment), run_name=run_name,
+                          tags=tags, nested=mlflow.active_run() is not None) as run:
         mlflow.log_params(flatten_params(cfg))
         yield run

@@ -1,14 +1,26 @@
 """``RayTuneSweeper``: a Hydra sweeper that runs each trial of a Ray Tune search as a Hydra job.
 
 Each trial composes the job config from its sampled overrides plus the fixed ones and calls the
-same task function as a single run (``hydra.core.utils.run_job``), under ``hydra.sweep.dir``.
-Trials report intermediate metrics through ``src.tracking.listeners`` (for ASHA) and their final
-metrics from the task's return value. Results: ``optimization_results.yaml`` in the sweep dir,
-a rich table of all trials, and an MLflow parent run whose children are the trials' runs.
+same task function as a single run (``hydra.core.utils.run_job``), under ``hydra.sweep.dir``,
+with ``evaluate_test=false`` (trials see validation only) and ``resources.num_threads`` = the CPUs
+it reserves. Trials report intermediate metrics through ``src.tracking.listeners`` (for ASHA) and
+their final metrics from the task's return value. Results: ``optimization_results.yaml`` in the
+sweep dir, a rich table of all trials, and an MLflow parent run whose children are the trials'
+runs; the best trial's policy then gets the sweep's one test evaluation (a child run tagged
+``sweep_role=test_of_best``, its figures logged on the parent as ``best_test/*``).
+
+Resume: a sweep stores a fingerprint of its search space, fixed overrides and search settings;
+rerunning into the same ``hydra.sweep.dir`` resumes only when they match (``resume=false`` starts
+a new sweep and a new parent run). An interrupted sweep ends its parent run KILLED, a crashed one
+FAILED; trial runs left RUNNING by an interruption are marked KILLED.
 """
+import hashlib
+import json
 import logging
 import math
 import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -44,7 +56,7 @@ def _override(key: str, value: Any) -> str:
 
 def _trial(sampled: Dict[str, Any], *, fixed: List[str], hydra_context: HydraContext,
            config: DictConfig, task_function: TaskFunction, singleton_state: Any,
-           metric: str, parent_run_id: Optional[str]) -> None:
+           metric: str, parent_run_id: Optional[str], threads: int) -> None:
     """One Ray Tune trial: a Hydra job with the sampled overrides (runs in a Ray worker)."""
     from src.tracking import listeners  # the project's hook for intermediate metrics
 
@@ -52,6 +64,7 @@ def _trial(sampled: Dict[str, Any], *, fixed: List[str], hydra_context: HydraCon
     Singleton.set_state(singleton_state)
     trial = tune.get_context()
     overrides = fixed + [_override(k, v) for k, v in sampled.items()]
+    overrides += ["++evaluate_test=false", f"resources.num_threads={threads}"]
     if parent_run_id:
         overrides.append(f"++mlflow.parent_run_id={parent_run_id}")
     sweep_config = hydra_context.config_loader.load_sweep_config(config, overrides)
@@ -75,7 +88,17 @@ def _trial(sampled: Dict[str, Any], *, fixed: List[str], hydra_context: HydraCon
         listeners.remove(report)
     if not math.isfinite(final.get(metric, float("nan"))):
         raise ValueError(f"trial finished without a finite {metric!r}: {final}")
-    tune.report({**final, "trial_completed": True})
+    tune.report({**final, "trial_completed": True,
+                 "output_dir": result.return_value.get("output_dir", "")})
+
+
+def fingerprint(lines: List[str], conf: DictConfig) -> str:
+    """Hash of what makes a sweep the same sweep: its override lines (search space and fixed
+    values) and the search settings."""
+    settings = {key: conf[key] for key in ("num_samples", "metric", "mode", "search_alg",
+                                            "scheduler", "grace_period", "reduction_factor", "seed")}
+    record = json.dumps({"overrides": sorted(lines), **settings}, sort_keys=True, default=str)
+    return hashlib.sha256(record.encode()).hexdigest()
 
 
 class RayTuneSweeper(Sweeper):
@@ -83,6 +106,10 @@ class RayTuneSweeper(Sweeper):
         self.conf = OmegaConf.structured(RayTuneSweeperConf(**{k: v for k, v in kwargs.items()}))
         if self.conf.mode not in ("max", "min"):
             raise ValueError(f"hydra.sweeper.mode={self.conf.mode!r}; valid: max, min")
+        if not self.conf.metric.startswith("val_"):
+            raise ValueError(f"hydra.sweeper.metric={self.conf.metric!r}: a sweep selects on a "
+                             "validation metric only (the test split is evaluated once, for the "
+                             "best trial); valid: val_<metric>, e.g. val_sharpe, val_sortino")
         self.hydra_context: Optional[HydraContext] = None
         self.task_function: Optional[TaskFunction] = None
         self.config: Optional[DictConfig] = None
@@ -101,20 +128,61 @@ class RayTuneSweeper(Sweeper):
         sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         storage = Path(conf.storage_path or sweep_dir / "ray_results").absolute()
+        lines = [f"{k}={v}" for k, v in OmegaConf.to_container(conf.params, resolve=True).items()]
+        resuming = self._prepare_storage(storage, fingerprint(lines + list(arguments), conf))
         self._start_ray(storage)
-        parent = self._start_parent_run(sweep_dir)
+        parent = self._start_parent_run(sweep_dir, resuming)
+        threads = int(conf.cpus_per_trial or OmegaConf.select(config, "resources.num_threads") or 1)
         trainable = tune.with_parameters(
             _trial, fixed=fixed, hydra_context=self.hydra_context, config=config,
             task_function=self.task_function, singleton_state=Singleton.get_state(),
-            metric=conf.metric, parent_run_id=parent)
-        cpus = conf.cpus_per_trial or OmegaConf.select(config, "resources.cpus_per_trial") or 1
-        trainable = tune.with_resources(trainable, {"cpu": cpus})
-        tuner = self._tuner(trainable, space, storage, config)
+            metric=conf.metric, parent_run_id=parent, threads=threads)
+        trainable = tune.with_resources(trainable, {"cpu": threads})
+        tuner = self._tuner(trainable, space, storage, config, resuming)
+        status = "FAILED"
         try:
             grid = tuner.fit()
-            return self._summarise(grid, space, fixed, sweep_dir, parent)
+            if len(grid) < _expected_trials(space, conf.num_samples) or len(grid) > grid.num_terminated + grid.num_errors:
+                status = "KILLED"
+                log.warning("Sweep interrupted: %d of %d trials finished; rerun the same command to "
+                            "resume it", grid.num_terminated + grid.num_errors,
+                            _expected_trials(space, conf.num_samples))
+                return None
+            results = self._summarise(grid, space, fixed, sweep_dir, parent)
+            results["best_test"] = self._test_best(results, grid, parent)
+            OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+            mlflow.log_artifact(str(sweep_dir / "optimization_results.yaml"))
+            status = "FINISHED"
+            return results
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
         finally:
-            mlflow.end_run()
+            _close_orphan_trials(parent)
+            mlflow.end_run(status)
+
+    def _prepare_storage(self, storage: Path, print_: str) -> bool:
+        """True to resume the sweep stored at ``storage``: it exists, ``resume`` is on and its
+        fingerprint matches (a mismatch is refused). Otherwise a stored sweep is moved aside."""
+        stored_dir, record = storage / "sweep", storage / "sweep_fingerprint"
+        if not tune.Tuner.can_restore(str(stored_dir)):
+            storage.mkdir(parents=True, exist_ok=True)
+            record.write_text(print_)
+            return False
+        if self.conf.resume:
+            stored = record.read_text().strip() if record.is_file() else None
+            if stored != print_:
+                raise ValueError(
+                    f"hydra.sweeper.resume=true, but the sweep stored at {stored_dir} was started "
+                    "with another search space, fixed overrides, num_samples, metric or search "
+                    "settings; rerun with hydra.sweeper.resume=false to start a new sweep there "
+                    "(the old one is kept beside it), or pick another hydra.sweep.dir")
+            return True
+        aside = storage / f"sweep-replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+        shutil.move(str(stored_dir), str(aside))
+        log.info("hydra.sweeper.resume=false: the stored sweep moved to %s", aside)
+        record.write_text(print_)
+        return False
 
     def _start_ray(self, storage: Path) -> None:
         if ray.is_initialized():
@@ -128,10 +196,10 @@ class RayTuneSweeper(Sweeper):
                      runtime_env={"env_vars": env}, _node_ip_address="127.0.0.1")
 
     def _tuner(self, trainable: Any, space: Dict[str, Any], storage: Path,
-               config: DictConfig) -> tune.Tuner:
+               config: DictConfig, resuming: bool) -> tune.Tuner:
         conf = self.conf
         name = "sweep"
-        if conf.resume and tune.Tuner.can_restore(str(storage / name)):
+        if resuming:
             log.info(f"Resuming the sweep stored at {storage / name}")
             return tune.Tuner.restore(str(storage / name), trainable, resume_unfinished=True,
                                       resume_errored=False, param_space=space)
@@ -167,15 +235,18 @@ class RayTuneSweeper(Sweeper):
                                                  reduction_factor=self.conf.reduction_factor)
         raise ValueError(f"hydra.sweeper.scheduler={self.conf.scheduler!r}; valid: fifo, asha")
 
-    def _start_parent_run(self, sweep_dir: Path) -> str:
+    def _start_parent_run(self, sweep_dir: Path, resuming: bool) -> str:
         """The sweep's MLflow parent run; trials nest under it (tag mlflow.parentRunId). A
-        resumed sweep reopens the parent run of its first start."""
+        resumed sweep reopens the parent run of its first start, after marking the trial runs
+        its interruption left RUNNING as KILLED."""
         from src.tracking.mlflow_run import experiment_id, use_tracking_uri
 
         use_tracking_uri(self.config.mlflow.tracking_uri)
         record = sweep_dir / "mlflow_parent_run_id"
-        if record.is_file():
-            return mlflow.start_run(run_id=record.read_text().strip()).info.run_id
+        if resuming and record.is_file():
+            parent = record.read_text().strip()
+            _close_orphan_trials(parent)
+            return mlflow.start_run(run_id=parent).info.run_id
         run = mlflow.start_run(experiment_id=experiment_id(self.config.mlflow.experiment),
                                run_name=f"sweep-{sweep_dir.name}")
         record.write_text(run.info.run_id)
@@ -212,12 +283,37 @@ class RayTuneSweeper(Sweeper):
         results = {"name": "ray_tune", "metric": conf.metric, "mode": conf.mode,
                    "best_evaluated_params": best["params"], "best_value": best["value"],
                    "best_overrides": fixed + [_override(k, v) for k, v in best["params"].items()],
-                   "trials": len(rows), "failed_trials": len(failed)}
-        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+                   "best_trial_id": best["trial_id"], "trials": len(rows),
+                   "failed_trials": len(failed)}
         mlflow.log_metrics({f"best_{conf.metric}": best["value"], "trials": len(rows),
                             "failed_trials": len(failed)})
-        mlflow.log_artifact(str(sweep_dir / "optimization_results.yaml"))
         return results
+
+    def _test_best(self, results: Dict[str, Any], grid: Any, parent_run_id: str) -> Dict[str, float]:
+        """The sweep's one test evaluation: the best trial's policy (its checkpoint, else its
+        overrides) backtested on the test split, as a child run; its figures go on the parent."""
+        assert self.hydra_context is not None and self.task_function is not None
+        best_dir = next((r.metrics.get("output_dir") for r in grid
+                         if (r.metrics or {}).get("trial_id") == results["best_trial_id"]), None)
+        overrides = list(results["best_overrides"]) + ["++evaluate_test=true"]
+        checkpoint = Path(best_dir or "") / "policy.pt"
+        if best_dir and checkpoint.is_file():
+            overrides.append(f"agent.checkpoint={checkpoint}")
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(config):
+            config.hydra.job.id = "test_of_best"
+            config.hydra.job.num = results["trials"]
+            config.run_name = f"{config.run_name}-test-of-best"
+            config.mlflow.parent_run_id = parent_run_id
+        result = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
+                         config=config, job_dir_key="hydra.sweep.dir",
+                         job_subdir_key="hydra.sweep.subdir")
+        test = {k: float(v) for k, v in result.return_value.items() if k.startswith("test/")}
+        mlflow.log_metrics({f"best_{k}": v for k, v in test.items()})
+        Console().print(f"Best trial on the test split (evaluated once): Sharpe "
+                        f"{test.get('test/sharpe', float('nan')):+.3f}, total return "
+                        f"{test.get('test/total_return', float('nan')):+.2%}")
+        return test
 
 
 def _short(value: Any) -> str:
@@ -228,6 +324,23 @@ def _last_line(text: str) -> str:
     """The exception line of a traceback (its last non-empty line), shortened."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1][:100] if lines else text[:100]
+
+
+def _expected_trials(space: Dict[str, Any], num_samples: int) -> int:
+    """Trials a finished sweep has: num_samples x the size of every grid axis."""
+    return num_samples * math.prod(len(v["grid_search"]) for v in space.values()
+                                   if isinstance(v, dict) and "grid_search" in v)
+
+
+def _close_orphan_trials(parent_run_id: str) -> None:
+    """Trial runs an interruption left RUNNING under ``parent_run_id`` are marked KILLED."""
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_run_id)
+    for child in client.search_runs([parent.info.experiment_id],
+                                    f"tags.mlflow.parentRunId = '{parent_run_id}' and "
+                                    "attributes.status = 'RUNNING'"):
+        client.set_tag(child.info.run_id, "stopped_by", "interruption")
+        client.set_terminated(child.info.run_id, "KILLED")
 
 
 def _mark_stopped_runs(parent_run_id: str, trial_ids: List[str]) -> None:
