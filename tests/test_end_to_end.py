@@ -97,3 +97,13 @@ def test_stress_mode_reports_every_scenario(tmp_path):
     assert all((out / "plots" / s / "equity.png").is_file() for s in scenarios)
     (run,) = runs(tmp_path)
     assert "stress/gap/ppo/sharpe" in run.data.metrics
+
+
+def test_a_range_error_prints_one_line_without_a_traceback(tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    result = subprocess.run([sys.executable, "-m", "src.run", "backtest.sizing.target_vol=-1",
+                             f"hydra.run.dir={tmp_path / 'out'}"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: backtest.sizing.target_vol=-1 is out of range; valid: a number in (0, inf]")

@@ -257,3 +257,62 @@ def test_a_flawless_curve_ranks_first_and_drawdown_stays_in_bounds():
     assert flat["sortino"] == 0.0 and flat["calmar"] == 0.0
     wiped = compute_metrics(curve([100.0, 50.0, -20.0, -30.0]), np.ones(4), None, periods=365)
     assert wiped["max_drawdown"] == -1.0
+
+
+def test_repaired_bars_add_no_observed_feature(market_df):
+    """Observed features are exactly the feature set's columns: a repaired gap (``@filled``) does
+    not widen the observation."""
+    from src.data.quality import check_bars
+    from src.data.synthetic import synthetic_ohlcv
+    from src.envs.torchrl_env import feature_columns
+
+    raw = synthetic_ohlcv(600, seed=4)
+    repaired = check_bars(raw.drop(raw.index[300]), "1h", "repair", source="test")
+    featurize = registry.build("features", compose_config().features)
+    assert "@filled" in repaired and feature_columns(featurize(repaired)) == feature_columns(featurize(raw))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("backtest.sizing.target_vol=-0.2", r"backtest.sizing.target_vol=-0.2 is out of range; valid: a number in \(0, inf\]"),
+    ("backtest.sizing.fraction=-1", r"backtest.sizing.fraction=-1 is out of range"),
+    ("backtest.execution.max_participation=1.5", r"max_participation=1.5 is out of range; valid: a number in \[0, 1\]"),
+    ("env.episode_length=0", r"env.episode_length=0 is out of range; valid: an integer in \[1, inf\]"),
+    ("env.num_envs=-4", r"env.num_envs=-4 is out of range"),
+    ("backtest.breaker.pause_bars=-1", r"backtest.breaker.pause_bars=-1 is out of range"),
+    ("env.num_envs=abc", r"env.num_envs='abc' has the wrong type"),
+    ("scenario=flash_crash scenario.flash_crash.at=2", r"scenario.flash_crash.at=2 is out of range"),
+    ("mode=stress stress.scenarios=[gap] scenario=gap scenario.gap.bars=-3", r"scenario.gap.bars=-3"),
+    ("stress.train_under_scenario=true scenario=volatility_spike features.normalize.method=train_zscore",
+     r"would fit the scaler on stressed train bars"),
+    ("backtest.stops.reenter=later", r"backtest.stops.reenter='later'; valid: next_bar, signal"),
+])
+def test_a_setting_out_of_range_fails_before_any_work(override, message):
+    from src.config_checks import ConfigError
+    from src.envs.torchrl_env import market_rules
+    from src.run import check_config
+
+    cfg = compose_config(override.split())
+    with pytest.raises(ConfigError, match=message):
+        check_config(cfg)
+        market_rules(cfg.env, cfg.backtest, pd.date_range("2024", periods=3, freq="h", tz="UTC"))
+
+
+def test_stress_mode_always_runs_the_none_baseline():
+    from src.run import stress_scenarios
+
+    cfg = compose_config(["mode=stress", "stress.scenarios=[flash_crash,gap]"])
+    assert list(stress_scenarios(cfg)) == ["none", "flash_crash", "gap"]
+
+
+def test_one_setting_decides_torch_and_numba_threads():
+    import numba
+
+    from src.resources import apply_local
+
+    before = torch.get_num_threads(), numba.get_num_threads()
+    try:
+        apply_local(compose_config(["resources.num_threads=1"]).resources)
+        assert torch.get_num_threads() == 1 and numba.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before[0])
+        numba.set_num_threads(before[1])

@@ -46,6 +46,20 @@ def test_plugin_is_discovered_and_registered():
     assert set(sweep.params) == {"agent.lr", "agent.entropy_coeff", "env.window_size", "agent.network"}
 
 
+def test_a_test_metric_is_refused_as_the_sweep_metric():
+    with pytest.raises(ValueError, match=r"metric='test_sharpe': a sweep selects on a validation metric"):
+        RayTuneSweeper(metric="test_sharpe")
+
+
+def sweep_runs(tmp_path):
+    """(parent runs, trial runs, test-of-best runs) in the test's MLflow store."""
+    found = runs(tmp_path)
+    parents = [r for r in found if r.info.run_name.startswith("sweep-")]
+    tested = [r for r in found if r.info.run_name.endswith("-test-of-best")]
+    trials = [r for r in found if r not in parents and r not in tested]
+    return parents, trials, tested
+
+
 @pytest.mark.slow
 def test_real_sweep_with_a_failing_trial(tmp_path):
     sweep_dir = tmp_path / "sweep"
@@ -57,10 +71,9 @@ def test_real_sweep_with_a_failing_trial(tmp_path):
         "agent.minibatch_size=512", "agent.eval_every=1", "agent.progress=false",
         "env.num_envs=16", "env.episode_length=256", "backtest.plots=false")
     assert "Ray Tune trials" in result.stdout and "Invalid learning rate" in result.stdout
-    found = runs(tmp_path)
-    (parent,) = [r for r in found if r.info.run_name.startswith("sweep-")]
-    children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 4
+    (parent,), children, (tested,) = sweep_runs(tmp_path)
+    assert all(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in children + [tested])
+    assert len(children) == 4 and parent.info.status == "FINISHED"
     assert sorted(r.data.params["agent.lr"] for r in children) == ["-1.0", "0.0001", "0.0003", "0.001"]
     (failed,) = [r for r in children if r.data.params["agent.lr"] == "-1.0"]
     assert failed.info.status == "FAILED"
@@ -69,23 +82,65 @@ def test_real_sweep_with_a_failing_trial(tmp_path):
     finished = [r for r in ok if r.info.status == "FINISHED"]
     stopped = [r for r in ok if r.info.status == "KILLED"]  # by ASHA, which may stop none
     assert len(finished) + len(stopped) == 3 and finished
-    assert all("test/sharpe" in r.data.metrics for r in finished)
+    assert not any(k.startswith("test/") for r in children for k in r.data.metrics)  # validation only
     assert all(r.data.tags["stopped_by"] == "scheduler" for r in stopped)
     results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
     assert results.trials == 4 and results.failed_trials == 1
     best = max(finished, key=lambda r: r.data.metrics["val/sharpe"])
     assert results.best_value == pytest.approx(best.data.metrics["val/sharpe"])
     assert str(results.best_evaluated_params["agent.lr"]) == best.data.params["agent.lr"]
+    # the best trial's policy is tested once, on the parent run
+    assert tested.data.params["agent.lr"] == best.data.params["agent.lr"]
+    assert tested.data.params["agent.checkpoint"].endswith("policy.pt")
+    assert parent.data.metrics["best_test/sharpe"] == pytest.approx(tested.data.metrics["test/sharpe"])
+    assert results.best_test["test/sharpe"] == pytest.approx(tested.data.metrics["test/sharpe"])
 
     # running the same sweep again resumes it from its stored state: no trial runs twice
     run_cli(tmp_path, "--multirun", "hydra/sweeper=ray_tune", "hydra.sweeper.num_cpus=2", "hydra.sweeper.num_samples=1",
-            f"hydra.sweep.dir={sweep_dir}", "agent.lr=0.001,0.0003,0.0001,-1.0",
+            "hydra.sweeper.scheduler=asha", f"hydra.sweep.dir={sweep_dir}", "agent.lr=0.001,0.0003,0.0001,-1.0",
             "data.n_bars=2500", "agent.total_frames=2048", "agent.frames_per_batch=1024",
             "agent.minibatch_size=512", "agent.eval_every=1", "agent.progress=false",
             "env.num_envs=16", "env.episode_length=256", "backtest.plots=false")
-    trial_runs = [r for r in runs(tmp_path) if not r.info.run_name.startswith("sweep-")]
-    assert len(trial_runs) == 4 and len(runs(tmp_path)) == 5  # the parent run is reopened
+    parents, trial_runs, tested_runs = sweep_runs(tmp_path)
+    assert len(trial_runs) == 4 and len(parents) == 1 and len(tested_runs) == 1  # parent reopened
     assert OmegaConf.load(sweep_dir / "optimization_results.yaml").best_value == results.best_value
+
+    # another search space in the same sweep dir is not a resume: refused, nothing runs
+    changed = subprocess.run(
+        [sys.executable, "-m", "src.run", "--multirun", "hydra/sweeper=ray_tune",
+         "hydra.sweeper.num_cpus=2", "hydra.sweeper.num_samples=1", f"hydra.sweep.dir={sweep_dir}",
+         "agent.lr=0.001,0.0003", "data.n_bars=2500"], cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}, timeout=300)
+    assert changed.returncode != 0 and "was started with another search space" in changed.stderr
+    assert len(runs(tmp_path)) == 6
+
+    # resume=false starts a new sweep with a new parent; the old parent is left as it was
+    run_cli(tmp_path, "--multirun", "hydra/sweeper=ray_tune", "hydra.sweeper.num_cpus=2",
+            "hydra.sweeper.num_samples=1", "hydra.sweeper.resume=false", f"hydra.sweep.dir={sweep_dir}",
+            "agent.lr=0.001,0.0003", "data.n_bars=2500", "agent.total_frames=1024",
+            "agent.frames_per_batch=1024", "agent.minibatch_size=512", "agent.progress=false",
+            "env.num_envs=16", "env.episode_length=256", "backtest.plots=false")
+    parents, trial_runs, _ = sweep_runs(tmp_path)
+    assert len(parents) == 2 and len(trial_runs) == 6
+    old = next(p for p in parents if p.info.run_id == parent.info.run_id)
+    assert old.data.metrics["trials"] == 4 and old.info.status == "FINISHED"
+    assert list((sweep_dir / "ray_results").glob("sweep-replaced-*"))
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_trials_all_fail_ends_its_parent_failed(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "src.run", "--multirun", "hydra/sweeper=ray_tune",
+         "hydra.sweeper.num_cpus=2", "hydra.sweeper.num_samples=1",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}", "agent.lr=-1.0,-2.0", "data.n_bars=2500",
+         "agent.total_frames=1024", "agent.frames_per_batch=1024", "agent.minibatch_size=512",
+         "agent.progress=false", "env.num_envs=16", "env.episode_length=256"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
+    assert result.returncode != 0 and "no trial completed" in result.stderr
+    (parent,), trials, tested = sweep_runs(tmp_path)
+    assert parent.info.status == "FAILED" and not tested
+    assert {r.info.status for r in trials} == {"FAILED"}
 
 
 TINY_SWEEP = ["--multirun", "hydra/sweeper=ray_tune", "hydra.sweeper.num_cpus=2",
@@ -99,7 +154,8 @@ TINY_SWEEP = ["--multirun", "hydra/sweeper=ray_tune", "hydra.sweeper.num_cpus=2"
 def finished_trials(tmp_path) -> list:
     try:
         return [r for r in runs(tmp_path)
-                if r.info.status == "FINISHED" and not r.info.run_name.startswith("sweep-")]
+                if r.info.status == "FINISHED" and not r.info.run_name.startswith("sweep-")
+                and not r.info.run_name.endswith("-test-of-best")]
     except Exception:  # noqa: BLE001 - the store may not exist yet
         return []
 
@@ -118,8 +174,13 @@ def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
     first.wait(timeout=120)
     done_before = {r.data.params["agent.lr"] for r in finished_trials(tmp_path)}
     assert 0 < len(done_before) < 4, "the interrupt should land mid-sweep"
+    (parent,), _, _ = sweep_runs(tmp_path)
+    assert parent.info.status == "KILLED"  # interrupted, not FINISHED
     subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
     trials = finished_trials(tmp_path)
     assert sorted(r.data.params["agent.lr"] for r in trials) == ["0.0001", "0.0003", "0.001", "3e-05"]
     results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
     assert results.trials == 4 and results.failed_trials == 0
+    (parent,), children, (tested,) = sweep_runs(tmp_path)
+    assert parent.info.status == "FINISHED" and tested.info.status == "FINISHED"
+    assert not [r for r in children if r.info.status == "RUNNING"]  # no orphan left RUNNING

@@ -6,8 +6,9 @@ with ``evaluate_test=false`` (trials see validation only) and ``resources.num_th
 it reserves. Trials report intermediate metrics through ``src.tracking.listeners`` (for ASHA) and
 their final metrics from the task's return value. Results: ``optimization_results.yaml`` in the
 sweep dir, a rich table of all trials, and an MLflow parent run whose children are the trials'
-runs; the best trial's policy then gets the sweep's one test evaluation (a child run tagged
-``sweep_role=test_of_best``, its figures logged on the parent as ``best_test/*``).
+runs; the best trial's policy then gets the sweep's one test evaluation (a child run named
+``<run_name>-test-of-best``, its figures logged on the parent as ``best_test/*`` with the tag
+``best_trial_id``; a resumed, finished sweep reuses them rather than testing again).
 
 Resume: a sweep stores a fingerprint of its search space, fixed overrides and search settings;
 rerunning into the same ``hydra.sweep.dir`` resumes only when they match (``resume=false`` starts
@@ -293,6 +294,10 @@ class RayTuneSweeper(Sweeper):
         """The sweep's one test evaluation: the best trial's policy (its checkpoint, else its
         overrides) backtested on the test split, as a child run; its figures go on the parent."""
         assert self.hydra_context is not None and self.task_function is not None
+        parent = mlflow.MlflowClient().get_run(parent_run_id).data
+        if parent.tags.get("best_trial_id") == str(results["best_trial_id"]):  # tested already
+            return {k.removeprefix("best_"): v for k, v in parent.metrics.items()
+                    if k.startswith("best_test/")}
         best_dir = next((r.metrics.get("output_dir") for r in grid
                          if (r.metrics or {}).get("trial_id") == results["best_trial_id"]), None)
         overrides = list(results["best_overrides"]) + ["++evaluate_test=true"]
@@ -310,6 +315,7 @@ class RayTuneSweeper(Sweeper):
                          job_subdir_key="hydra.sweep.subdir")
         test = {k: float(v) for k, v in result.return_value.items() if k.startswith("test/")}
         mlflow.log_metrics({f"best_{k}": v for k, v in test.items()})
+        mlflow.set_tag("best_trial_id", str(results["best_trial_id"]))
         Console().print(f"Best trial on the test split (evaluated once): Sharpe "
                         f"{test.get('test/sharpe', float('nan')):+.3f}, total return "
                         f"{test.get('test/total_return', float('nan')):+.2%}")
