@@ -75,6 +75,13 @@ RANGES: dict[str, Range] = {
     "split.train": Range(0, 1, low_open=True, high_open=True),
     "split.validation": Range(0, 1, low_open=True, high_open=True),
     "resources.num_threads": COUNT,
+    "feed.speed": NON_NEGATIVE,
+    "feed.max_bars": COUNT,
+    "feed.duration": POSITIVE,
+    "feed.stale_after": POSITIVE,
+    "feed.reconnect_backoff": NON_NEGATIVE,
+    "feed.max_reconnects": NON_NEGATIVE_COUNT,
+    "paper.history_bars": COUNT,
 }
 
 

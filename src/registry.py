@@ -6,7 +6,7 @@ Each component module registers itself with ``@register(group, name)``; a config
 from collections.abc import Callable
 from typing import Any
 
-GROUPS = ("data", "features", "env", "agent", "backtest", "scenario", "resources")
+GROUPS = ("data", "features", "env", "agent", "backtest", "scenario", "resources", "feed")
 _REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {group: {} for group in GROUPS}
 
 
@@ -36,6 +36,7 @@ def _load_components() -> None:
     import src.data  # noqa: F401
     import src.envs  # noqa: F401
     import src.features  # noqa: F401
+    import src.live.feeds  # noqa: F401
     import src.resources  # noqa: F401
     import src.scenarios  # noqa: F401
 

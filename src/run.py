@@ -25,6 +25,7 @@ from src.config_checks import ConfigError, check_ranges
 from src.data.ccxt_source import ExchangeConfigError
 from src.data.validate import DataValidationError
 from src.envs.torchrl_env import feature_columns
+from src.live import session
 from src.scenarios import apply_scenarios, check_params
 from src.splits import split_bounds, with_history
 from src.summary import report, stress_report
@@ -32,6 +33,7 @@ from src.tracking import listeners
 from src.tracking.mlflow_run import mlflow_run
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "conf" / "scenario"
+MODES = ("single", "stress", "paper", "replay_journal")
 
 
 def seed_everything(seed: int) -> None:
@@ -104,6 +106,10 @@ def stress_scenarios(cfg: DictConfig) -> dict[str, DictConfig]:
 
 def check_config(cfg: DictConfig) -> None:
     """Fail before any work on a setting out of range or a combination that would mislead."""
+    if cfg.mode not in MODES:
+        raise ConfigError(f"mode={cfg.mode!r}; valid: {', '.join(MODES)}")
+    if cfg.paper.on_stale not in ("flatten", "hold"):
+        raise ConfigError(f"paper.on_stale={cfg.paper.on_stale!r}; valid: flatten, hold")
     check_ranges(cfg)
     check_params(cfg.scenario)
     if cfg.mode == "stress":
@@ -134,14 +140,18 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, float]]:
     agent = registry.build("agent", cfg.agent, train_env, seed=cfg.seed)
     backtester = registry.build("backtest", cfg.backtest, cfg.env, train_env.actions)
     validation_df = market.validation()
-    with mlflow_run(cfg, run_name=cfg.run_name):
+    stored = session.stored_meta(cfg) if cfg.mode == "paper" else {}
+    checkpoint = cfg.agent.get("checkpoint") or stored.get("checkpoint")
+    with mlflow_run(cfg, run_name=cfg.run_name, run_id=stored.get("mlflow_run_id")):
         mlflow.log_params(market.quality())
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        if cfg.agent.get("checkpoint"):
-            agent.load(Path(cfg.agent.checkpoint), contract)
+        if checkpoint:
+            agent.load(Path(checkpoint), contract)
         else:
             agent.fit(train_env, _log_metrics, lambda a: backtester.run(a, validation_df).metrics)
+        if cfg.mode == "paper":
+            return _paper(cfg, market, train_env, agent, contract, checkpoint, output_dir)
         contenders = {agent.name: agent}
         contenders.setdefault("buy_and_hold", BuyAndHold(train_env.actions))
         contenders.setdefault("random", RandomAgent(train_env.actions, cfg.seed))
@@ -161,6 +171,27 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, float]]:
             mlflow.log_artifact(str(path))
         mlflow.log_metric("run_seconds", time.perf_counter() - started)
     return {**metrics, "validation": validation}
+
+
+def _paper(cfg, market, train_env, agent, contract, checkpoint, output_dir) -> dict:
+    """``mode=paper``: a paper-trading session of the (trained or loaded) agent."""
+    saved = agent.save(output_dir / "policy.pt", contract)
+    policy = Path(checkpoint) if checkpoint else saved
+    mlflow.log_params({"paper.checkpoint": str(policy), "paper.feed": cfg.feed.name,
+                       "paper.session": session.session_name(cfg)})
+
+    def fresh_agent():
+        built = registry.build("agent", cfg.agent, train_env, seed=cfg.seed)
+        if policy is not None:
+            built.load(policy, contract)
+        return built, train_env.actions
+
+    if not cfg.paper.session:
+        cfg = cfg.copy()
+        cfg.paper.session = session.session_name(cfg)
+    result = session.paper_trade(cfg, market.raw, market.bounds.test, fresh_agent, market.featurize,
+                                 contract, policy, output_dir)
+    return {"validation": {}, "paper": result}
 
 
 def _backtest(cfg, market, backtester, agent, contenders, output_dir, artifacts) -> dict:
@@ -225,6 +256,8 @@ def main(cfg: DictConfig) -> dict[str, float]:
     """
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
+        if cfg.mode == "replay_journal":
+            return {"parity_identical": float(session.replay_journal(cfg).identical)}
         metrics = run(cfg, output_dir)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)

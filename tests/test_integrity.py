@@ -316,3 +316,21 @@ def test_one_setting_decides_torch_and_numba_threads():
     finally:
         torch.set_num_threads(before[0])
         numba.set_num_threads(before[1])
+
+
+@pytest.mark.parametrize("reenter, reentries", [("next_bar", True), ("signal", False)])
+def test_buy_and_hold_under_stops_re_enters_by_default(reenter, reentries, market_df):
+    """Under backtest=risk_managed buy-and-hold is 'long, stopped out, long again at the next
+    open' (reenter=next_bar), not 'long until the first stop'."""
+    from src.agents.baselines import BuyAndHold
+
+    cfg = compose_config(["backtest=risk_managed", "backtest.stops.stop_loss=1.0",
+                          "backtest.sizing.method=none", f"backtest.stops.reenter={reenter}"])
+    df = with_risk_columns(market_df.iloc[:1500], cfg.backtest)
+    env = registry.build("env", cfg.env, df, seed=0, num_envs=1)
+    trades = registry.build("backtest", cfg.backtest, cfg.env, env.actions).run(
+        BuyAndHold(env.actions), df).trades
+    stops = trades.index[trades.reason == "stop_loss"]
+    assert len(stops) >= 1
+    after_first_stop = trades.loc[stops[0] + 1 :]
+    assert ((after_first_stop.side == "buy") & (after_first_stop.reason == "signal")).any() == reentries

@@ -37,9 +37,11 @@ class Backtester:
     def __init__(self, cfg, env_cfg, actions: ActionSpace):
         self.cfg, self.env_cfg, self.actions = cfg, env_cfg, actions
 
-    def run(self, agent: Agent, df: pd.DataFrame) -> BacktestResult:
+    def run(self, agent: Agent, df: pd.DataFrame, close_at_end: bool = True) -> BacktestResult:
         """Walk ``agent`` over ``df``: its first ``window_size - 1`` bars are history only; the
-        first decision is at the close of bar ``window_size - 1``, the first fill one bar later."""
+        first decision is at the close of bar ``window_size - 1``, the first fill one bar later.
+        ``close_at_end=False`` leaves the last position open (marked at the last close): the
+        paper-trading parity check compares a session that goes on."""
         window = self.env_cfg.window_size
         rules = replace(market_rules(self.env_cfg, self.cfg, df.index), episode_length=len(df),
                         equity_floor=0.0)
@@ -61,9 +63,10 @@ class Backtester:
             if market.terminated[0] or market.truncated[0]:
                 equity, positions, financing = equity[: k + 1], positions[: k + 1], financing[: k + 1]
                 break
-        market.close_positions()
-        fills += _fills(market.fills[0], df.index[market.t[0]])
-        equity[-1] = market.equity[0]
+        if close_at_end:
+            market.close_positions()
+            fills += _fills(market.fills[0], df.index[market.t[0]])
+            equity[-1] = market.equity[0]
         scale = self.cfg.initial_cash
         index = df.index[window - 1 : window - 1 + len(equity)]
         curve = pd.Series(equity * scale, index=index, name="equity")

@@ -80,7 +80,7 @@ def market_rules(cfg, risk=None, index: pd.DatetimeIndex | None = None) -> Marke
                  rebalance_threshold=cfg.rebalance_threshold, reward=cfg.reward,
                  reward_param=cfg.reward_param, max_leverage=cfg.max_leverage)
     if risk is not None:
-        periods = periods_per_year(index)
+        periods = risk.periods_per_year or periods_per_year(index)
         rules.update(impact=risk.execution.impact, max_participation=risk.execution.max_participation,
                      carry_unfilled=risk.execution.carry_unfilled, stop_loss=risk.stops.stop_loss,
                      take_profit=risk.stops.take_profit, trailing_stop=risk.stops.trailing_stop,

@@ -60,10 +60,15 @@ def rolling_zscore(features: pd.DataFrame, window: int) -> pd.DataFrame:
                         columns=features.columns)
 
 
-def train_zscore(features: pd.DataFrame, fit_rows: int) -> tuple[pd.DataFrame, dict]:
-    """(z-scores, scaler statistics {"mean": {column: value}, "std": {...}} of the train rows)."""
-    train = features.iloc[:fit_rows]
-    mean, std = train.mean(), train.std()
+def train_zscore(features: pd.DataFrame, fit_rows: int | None,
+                 scaler: dict | None = None) -> tuple[pd.DataFrame, dict]:
+    """(z-scores, scaler statistics {"mean": {column: value}, "std": {...}}): fitted on the
+    first ``fit_rows`` rows, or the given ``scaler`` (a checkpoint's) applied unchanged."""
+    if scaler:
+        mean, std = pd.Series(scaler["mean"], dtype=float), pd.Series(scaler["std"], dtype=float)
+    else:
+        train = features.iloc[:fit_rows]
+        mean, std = train.mean(), train.std()
     stats = {"mean": mean.to_dict(), "std": std.to_dict()}
     return _zscore(features, features * 0 + mean, features * 0 + std), stats
 
@@ -73,15 +78,17 @@ def _zscore(features: pd.DataFrame, mean: pd.DataFrame, std: pd.DataFrame) -> pd
     return z.where(std > 0, 0.0).where(features.notna() & mean.notna()).clip(-CLIP, CLIP)
 
 
-def normalize(features: pd.DataFrame, cfg, fit_rows: int | None = None) -> tuple[pd.DataFrame, dict]:
-    """(normalised features, fitted scaler statistics: empty unless ``train_zscore``)."""
+def normalize(features: pd.DataFrame, cfg, fit_rows: int | None = None,
+              scaler: dict | None = None) -> tuple[pd.DataFrame, dict]:
+    """(normalised features, fitted scaler statistics: empty unless ``train_zscore``, which fits
+    on ``fit_rows`` or applies a given ``scaler``)."""
     if cfg.method == "none":
         return features, {}
     if cfg.method == "rolling_zscore":
         return rolling_zscore(features, int(cfg.window)), {}
     if cfg.method == "train_zscore":
-        if not fit_rows:
+        if not fit_rows and not scaler:
             raise ValueError("features.normalize.method=train_zscore needs the train split's "
-                             "rows to fit on (fit_rows)")
-        return train_zscore(features, fit_rows)
+                             "rows to fit on (fit_rows), or a fitted scaler")
+        return train_zscore(features, fit_rows, scaler)
     raise ValueError(f"features.normalize.method={cfg.method!r}; valid: {', '.join(METHODS)}")

@@ -58,10 +58,15 @@ class FeatureSet:
                                   "warmup_rows": self.warmup_rows, "scaler": self.scaler})
         return out
 
-    def _build(self, df: pd.DataFrame, fit_rows: int | None) -> pd.DataFrame:
+    def with_scaler(self, df: pd.DataFrame, scaler: dict) -> pd.DataFrame:
+        """The feature frame of ``df`` normalised by a given fitted ``scaler`` (a checkpoint's
+        statistics; ignored by the unfitted methods), never cached: the live path."""
+        return self._build(df, None, scaler)
+
+    def _build(self, df: pd.DataFrame, fit_rows: int | None, scaler: dict | None = None) -> pd.DataFrame:
         raw, lookback = self.compute(df)
         raw = raw.replace([np.inf, -np.inf], np.nan)
-        features, self.scaler = normalize(raw, self.cfg.normalize, fit_rows)
+        features, self.scaler = normalize(raw, self.cfg.normalize, fit_rows, scaler)
         if lookback is None:
             valid = features.notna().all(axis=1).to_numpy()
             warmup = int(np.argmax(valid)) if valid.any() else len(df)

@@ -58,12 +58,17 @@ def use_tracking_uri(configured: str | None = None) -> str:
 
 
 @contextmanager
-def mlflow_run(cfg: DictConfig, run_name: str) -> Iterator[mlflow.ActiveRun]:
+def mlflow_run(cfg: DictConfig, run_name: str, run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """Open the run for this job; a failing job is recorded as FAILED, never left half-open.
 
     With ``mlflow.parent_run_id`` set (a sweep), the run is nested under that run (which may be
-    the active run of this process: a sweep's test of its best trial)."""
+    the active run of this process: a sweep's test of its best trial). ``run_id`` reopens that
+    run (a resumed paper session) instead of starting one."""
     use_tracking_uri(cfg.mlflow.tracking_uri)
+    if run_id:
+        with mlflow.start_run(run_id=run_id) as run:
+            yield run
+        return
     parent = cfg.mlflow.get("parent_run_id")
     tags = {"mlflow.parentRunId": parent} if parent else None
     with mlflow.start_run(experiment_id=experiment_id(cfg.mlflow.experiment), run_name=run_name,

@@ -21,9 +21,11 @@ import logging
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import mlflow
 import ray
@@ -142,12 +144,11 @@ class RayTuneSweeper(Sweeper):
         tuner = self._tuner(trainable, space, storage, config, resuming)
         status = "FAILED"
         try:
-            grid = tuner.fit()
-            if len(grid) < _expected_trials(space, conf.num_samples) or len(grid) > grid.num_terminated + grid.num_errors:
+            grid, interrupted = _fit(tuner)
+            if interrupted or len(grid) < _expected_trials(space, conf.num_samples):
                 status = "KILLED"
-                log.warning("Sweep interrupted: %d of %d trials finished; rerun the same command to "
-                            "resume it", grid.num_terminated + grid.num_errors,
-                            _expected_trials(space, conf.num_samples))
+                log.warning("Sweep interrupted (%d of %d trials started); rerun the same command "
+                            "to resume it", len(grid), _expected_trials(space, conf.num_samples))
                 return None
             results = self._summarise(grid, space, fixed, sweep_dir, parent)
             results["best_test"] = self._test_best(results, grid, parent)
@@ -330,6 +331,20 @@ def _last_line(text: str) -> str:
     """The exception line of a traceback (its last non-empty line), shortened."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1][:100] if lines else text[:100]
+
+
+def _fit(tuner: tune.Tuner) -> Tuple[Any, bool]:
+    """(result grid, whether Ctrl-C interrupted the run). Ray Tune catches the first SIGINT, saves
+    its state and returns normally; its handler then puts back the one it found, which is how an
+    interruption shows (a finished run leaves Ray's handler installed; it is removed here)."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT)
+    grid = tuner.fit()
+    if not main_thread or int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0")):
+        return grid, False  # Ray installed no handler
+    interrupted = signal.getsignal(signal.SIGINT) is before
+    signal.signal(signal.SIGINT, before)
+    return grid, interrupted
 
 
 def _expected_trials(space: Dict[str, Any], num_samples: int) -> int:
