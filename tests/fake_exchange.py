@@ -54,6 +54,7 @@ class FakeBinance:
         self.fail_after = None     # after this many kline requests, drop every connection
         self.duplicate_row = None  # repeat this bar index in the responses (a dirty feed)
         self.withheld_from = None  # return no bar opening at or after this time (ms): empty pages
+        self.server_time = FIRST_BAR_MS + N_BARS * HOUR_MS  # what /api/v3/time answers
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -99,6 +100,8 @@ class FakeBinance:
                     status, body = 200, {"timezone": "UTC", "serverTime": FIRST_BAR_MS,
                                          "rateLimits": [], "exchangeFilters": [],
                                          "symbols": [SYMBOL_INFO]}
+                elif url.path == "/api/v3/time":
+                    status, body = 200, {"serverTime": fake.server_time}
                 elif url.path == "/api/v3/klines":
                     status, body = fake._klines(query)
                 else:
@@ -118,3 +121,123 @@ class FakeBinance:
                 pass
 
         return Handler
+
+
+class FakeBinanceStream:
+    """A loopback websocket server speaking Binance's kline stream (ccxt.pro's binance client).
+
+    Streams the bars ``rows[start:stop]`` (FakeBinance klines) as kline events: ``partial``
+    updates of each still-forming candle, then its final values (``x`` true). Knobs: repeat a final
+    candle message (``duplicates``), send an old candle again (``stale_resends``), close the
+    connection after ``drop_after`` candles and resume ``skip_on_reconnect`` candles later on the
+    next connection (those bars are only available through REST), go silent after
+    ``silent_after`` candles. ``connections``/``open`` count websocket connections.
+    """
+
+    def __init__(self, rows: list, start: int, stop: int, partial: int = 2, delay: float = 0.0):
+        import asyncio
+
+        self.rows, self.position, self.stop, self.partial, self.delay = rows, start, stop, partial, delay
+        self.duplicates = self.stale_resends = 0
+        self.drop_after = self.silent_after = None
+        self.skip_on_reconnect = 0
+        self.connections = self.open = 0
+        self.sent = 0
+        self.sockets = set()
+        self.loop = asyncio.new_event_loop()
+        self.url = None
+        self._runner = None
+
+    def __enter__(self):
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app)
+        ready = threading.Event()
+
+        def serve():
+            import asyncio
+
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            self.loop.run_until_complete(site.start())
+            port = site._server.sockets[0].getsockname()[1]
+            self.url = f"ws://127.0.0.1:{port}/stream"
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=serve, daemon=True)
+        self.thread.start()
+        ready.wait(10)
+        return self
+
+    def __exit__(self, *exc):
+        import asyncio
+
+        async def shutdown():
+            for ws in list(self.sockets):
+                await ws.close()
+            await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    def _event(self, row: list, values: list, closed: bool) -> dict:
+        return {"e": "kline", "E": row[0] + HOUR_MS, "s": "BTCUSDT",
+                "k": {"t": row[0], "T": row[6], "s": "BTCUSDT", "i": "1h", "f": 1, "L": 2,
+                      "o": values[0], "c": values[3], "h": values[1], "l": values[2],
+                      "v": values[4], "n": 10, "x": closed, "q": "0", "V": "0", "Q": "0", "B": "0"}}
+
+    async def _send(self, ws) -> None:
+        import asyncio
+
+        if self.connections > 1:
+            self.position += self.skip_on_reconnect
+        sent_here = 0
+        while self.position < self.stop and not ws.closed:
+            if self.silent_after is not None and self.sent >= self.silent_after:
+                await asyncio.sleep(0.05)
+                continue
+            row = self.rows[self.position]
+            final = row[1:6]
+            for k in range(self.partial):  # the forming candle: open, then partial moves
+                part = [final[0], final[0], final[0], final[0], f"{float(final[4]) * (k + 1) / 10:.5f}"]
+                await ws.send_json(self._event(row, part, False))
+            await ws.send_json(self._event(row, final, True))
+            for _ in range(self.duplicates):
+                await ws.send_json(self._event(row, final, True))
+            for _ in range(self.stale_resends):  # an old candle arrives late
+                old = self.rows[self.position - 3]
+                await ws.send_json(self._event(old, old[1:6], True))
+            self.position += 1
+            self.sent += 1
+            sent_here += 1
+            await asyncio.sleep(self.delay)
+            if self.drop_after is not None and sent_here >= self.drop_after and self.connections == 1:
+                await ws.close()
+                return
+
+    async def _handle(self, request):
+        import asyncio
+
+        from aiohttp import web
+
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.connections += 1
+        self.open += 1
+        self.sockets.add(ws)
+        try:
+            subscribe = await ws.receive_json(timeout=10)
+            await ws.send_json({"result": None, "id": subscribe["id"]})
+            sender = asyncio.ensure_future(self._send(ws))
+            async for _ in ws:  # until the client closes (pings are answered by aiohttp)
+                pass
+            sender.cancel()
+        finally:
+            self.open -= 1
+            self.sockets.discard(ws)
+        return ws

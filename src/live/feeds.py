@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import ccxt
 import ccxt.pro
 import pandas as pd
+from omegaconf import OmegaConf
 
 from src.data.ccxt_source import ExchangeClient
 from src.data.credentials import exchange_credentials
@@ -41,7 +42,7 @@ class Stale:
 
 def candles(df: pd.DataFrame) -> list[Candle]:
     """Rows of an OHLCV frame as candles (open time in ms)."""
-    stamps = df.index.asi8 // 1_000_000
+    stamps = df.index.as_unit("ms").asi8
     values = df[OHLCV].to_numpy(float)
     return [(int(t), *map(float, row)) for t, row in zip(stamps, values)]
 
@@ -72,7 +73,7 @@ class CcxtFeed:
         self.step = bar_delta(self.timeframe)
         self.step_ms = int(self.step.total_seconds() * 1000)
         self.feed_cfg = feed_cfg
-        options = dict(data_cfg.options or {})
+        options = OmegaConf.to_container(data_cfg.options or {}, resolve=True)
         self.rest = ExchangeClient(data_cfg.exchange, data_cfg.base_url, options,
                                    data_cfg.max_retries, data_cfg.backoff_seconds)
         exchange_class = getattr(ccxt.pro, data_cfg.exchange)
@@ -87,11 +88,12 @@ class CcxtFeed:
         self.assembler = ClosedBars(self.step_ms)
         self.counts = {"duplicates": 0, "out_of_order": 0, "reconnects": 0, "backfilled": 0}
 
-    def history(self, bars: int, now: pd.Timestamp | None = None) -> pd.DataFrame:
-        """The last ``bars`` closed bars through REST (the session's warm-up history)."""
-        now = now or pd.Timestamp.now(tz="UTC")
-        end = now.floor(self.step) if self.step <= pd.Timedelta("1D") else now.normalize()
+    def history(self, bars: int) -> pd.DataFrame:
+        """The last ``bars`` closed bars through REST, by the exchange's clock (the session's
+        warm-up history)."""
         self.rest.check(self.symbol, self.timeframe)
+        now = pd.Timestamp(self.rest.call("fetch_time"), unit="ms", tz="UTC")
+        end = now.floor(self.step)  # the bar opening at end is still forming
         return self.rest.fetch(self.symbol, self.timeframe, end - bars * self.step, end, 1000)
 
     async def stream(self, after: int | None = None) -> AsyncIterator[Candle | Stale]:
