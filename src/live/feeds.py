@@ -86,6 +86,9 @@ class CcxtFeed:
                 if isinstance(url, str):
                     ws[key] = re.sub(r"^wss?://[^/]+(/[^/]*)?", feed_cfg.ws_url.rstrip("/"), url)
         self.assembler = ClosedBars(self.step_ms)
+        self._watch: asyncio.Future | None = None
+        # reconnects: connection errors the feed saw (ccxt also reconnects by itself on the next
+        # watch); backfilled: closed bars that came from REST
         self.counts = {"duplicates": 0, "out_of_order": 0, "reconnects": 0, "backfilled": 0}
 
     def history(self, bars: int) -> pd.DataFrame:
@@ -104,23 +107,26 @@ class CcxtFeed:
         grace = self.feed_cfg.close_grace_seconds  # null: a bar closes only when the next one starts
         last_bar_time, failures = time.monotonic(), 0
         while True:
-            try:
-                updates = await asyncio.wait_for(
-                    self.exchange.watch_ohlcv(self.symbol, self.timeframe), timeout=min(stale_after, 1.0))
-                failures = 0
-            except asyncio.TimeoutError:
-                updates = []
-            except (ccxt.NetworkError, ccxt.ExchangeError, OSError) as error:
-                failures += 1
-                if failures > int(self.feed_cfg.max_reconnects):
-                    raise ConnectionError(f"{self.exchange.id} websocket: gave up after "
-                                          f"{failures - 1} reconnects ({type(error).__name__})") from None
-                delay = float(self.feed_cfg.reconnect_backoff) * 2 ** (failures - 1)
-                log.warning("websocket %s (%s); reconnect %d in %.1fs", type(error).__name__,
-                            error, failures, delay)
-                self.counts["reconnects"] += 1
-                await asyncio.sleep(delay)
-                continue
+            if self._watch is None:  # one pending watch, never cancelled by a timeout
+                self._watch = asyncio.ensure_future(self.exchange.watch_ohlcv(self.symbol, self.timeframe))
+            done, _ = await asyncio.wait({self._watch}, timeout=min(stale_after, 1.0))
+            updates = [] if done else self._cached()
+            if done:
+                watch, self._watch = self._watch, None
+                try:
+                    updates = watch.result()
+                    failures = 0
+                except (ccxt.NetworkError, ccxt.ExchangeError, OSError) as error:
+                    failures += 1
+                    if failures > int(self.feed_cfg.max_reconnects):
+                        raise ConnectionError(f"{self.exchange.id} websocket: gave up after "
+                                              f"{failures - 1} reconnects ({type(error).__name__})") from None
+                    delay = float(self.feed_cfg.reconnect_backoff) * 2 ** (failures - 1)
+                    log.warning("websocket %s (%s); reconnect %d in %.1fs", type(error).__name__,
+                                error, failures, delay)
+                    self.counts["reconnects"] += 1
+                    await asyncio.sleep(delay)
+                    continue
             closed = []
             for update in updates:
                 closed += await self._backfill(int(update[0]))
@@ -135,6 +141,14 @@ class CcxtFeed:
             if time.monotonic() - last_bar_time > stale_after:
                 yield Stale(self.assembler.last_closed or 0, time.monotonic() - last_bar_time)
                 last_bar_time = time.monotonic()
+
+    def _cached(self) -> list[list]:
+        """Candles ccxt has received but not yet handed to a watch (it resolves a watch once for
+        a burst of messages): those at or after the forming bar, from its candle cache."""
+        cache = (self.exchange.ohlcvs.get(self.exchange.market(self.symbol)["symbol"]) or {}).get(self.timeframe) or []
+        forming = self.assembler.forming
+        newest = forming[0] if forming is not None else (self.assembler.last_closed or -1) + 1
+        return [candle for candle in list(cache) if candle[0] >= newest]
 
     async def _backfill(self, stamp: int) -> list[Candle]:
         """The closed bars between the last one known and a candle opening at ``stamp`` (ms),
@@ -153,6 +167,9 @@ class CcxtFeed:
         return missed
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
         await self.exchange.close()
 
 
