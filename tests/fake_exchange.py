@@ -55,6 +55,9 @@ class FakeBinance:
         self.duplicate_row = None  # repeat this bar index in the responses (a dirty feed)
         self.withheld_from = None  # return no bar opening at or after this time (ms): empty pages
         self.server_time = FIRST_BAR_MS + N_BARS * HOUR_MS  # what /api/v3/time answers
+        self.orders: dict[str, dict] = {}  # clientOrderId -> order (POST /api/v3/order)
+        self.order_posts = 0
+        self.api_keys: set[str] = set()    # X-MBX-APIKEY headers seen on signed requests
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -88,10 +91,50 @@ class FakeBinance:
             rows += [r for r in rows if r[0] == self.rows[self.duplicate_row][0]]
         return 200, rows
 
+    def _order(self, query: dict, headers) -> tuple[int, object]:
+        """A signed spot market order, filled at the close of the latest bar before server time."""
+        if "signature" not in query or not headers.get("X-MBX-APIKEY"):
+            return 401, {"code": -2014, "msg": "API-key format invalid."}
+        with self.lock:
+            self.api_keys.add(headers["X-MBX-APIKEY"])
+            self.order_posts += 1
+            key = query["newClientOrderId"]
+            if key in self.orders:
+                return 400, {"code": -2010, "msg": "Duplicate order sent."}
+            price = float([r for r in self.rows if r[0] < self.server_time][-1][4])
+            qty = query["quantity"]
+            self.orders[key] = {
+                "symbol": "BTCUSDT", "orderId": len(self.orders) + 1, "clientOrderId": key,
+                "transactTime": self.server_time, "price": "0.00000000", "origQty": qty,
+                "executedQty": qty, "cummulativeQuoteQty": f"{float(qty) * price:.8f}",
+                "status": "FILLED", "timeInForce": "GTC", "type": "MARKET", "side": query["side"],
+                "fills": [{"price": f"{price:.2f}", "qty": qty, "commission": "0",
+                           "commissionAsset": "USDT"}]}
+            return 200, self.orders[key]
+
     def _handler(self):
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                url = urlparse(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length).decode() if length else ""
+                query = {k: v[0] for k, v in parse_qs(url.query + "&" + body).items()}
+                if url.path == "/api/v3/order":
+                    status, answer = fake._order(query, self.headers)
+                else:
+                    status, answer = 404, {"code": -1, "msg": f"no route {url.path}"}
+                self._answer(status, answer)
+
+            def _answer(self, status, body):
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
             def do_GET(self):  # noqa: N802 - http.server's name
                 url = urlparse(self.path)
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
@@ -100,6 +143,9 @@ class FakeBinance:
                     status, body = 200, {"timezone": "UTC", "serverTime": FIRST_BAR_MS,
                                          "rateLimits": [], "exchangeFilters": [],
                                          "symbols": [SYMBOL_INFO]}
+                elif url.path == "/api/v3/order":  # fetch an order by its client id
+                    order = fake.orders.get(query.get("origClientOrderId"))
+                    status, body = (200, order) if order else (400, {"code": -2013, "msg": "Order does not exist."})
                 elif url.path == "/api/v3/time":
                     status, body = 200, {"serverTime": fake.server_time}
                 elif url.path == "/api/v3/klines":

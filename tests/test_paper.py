@@ -262,3 +262,46 @@ def test_a_silent_feed_is_stale_flattens_and_sigint_closes_the_socket(tmp_path, 
     assert result["stale_events"] >= 1 and result["stopped"] == "signal"
     (run,) = runs(tmp_path)
     assert run.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_testnet_broker_sends_each_order_once_and_never_leaks_the_keys(tmp_path, rest, monkeypatch):
+    key, secret = "TESTNETKEYTHATMUSTNOTLEAK1", "TESTNETSECRETTHATMUSTNOTLEAK2"
+    monkeypatch.setenv("EXCHANGE_API_KEY", key)
+    monkeypatch.setenv("EXCHANGE_API_SECRET", secret)
+    texts = []
+    with FakeBinanceStream(rest.rows, WS_START, WS_STOP) as stream:
+        out = ws_cli(tmp_path, rest, stream, "testnet", "broker=ccxt_testnet", "feed.max_bars=25")
+        texts += [out.stdout, out.stderr]
+    with FakeBinanceStream(rest.rows, WS_START + 25, WS_STOP) as stream:  # restart: resumes
+        out = ws_cli(tmp_path, rest, stream, "testnet", "broker=ccxt_testnet", "feed.max_bars=50")
+        texts += [out.stdout, out.stderr]
+    fills = journal(tmp_path, "testnet", "fills")
+    mirrored = journal(tmp_path, "testnet", "exchange_orders")
+    assert len(fills) > 4 and rest.order_posts == len(fills) == len(rest.orders) == len(mirrored)
+    np.testing.assert_allclose(mirrored.filled, fills.units.abs(), rtol=0, atol=1e-5)  # lot rounding
+    assert set(mirrored.status) == {"closed"} and rest.api_keys == {key}
+    assert summary(tmp_path, "testnet")["parity"] == "parity: identical"
+    (run,) = runs(tmp_path)
+    texts += [str(run.data.params), str(run.data.tags), (tmp_path / "journal" / "testnet.db").read_bytes().decode(errors="ignore")]
+    texts += [p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".json", ".yaml", ".log", ".csv")]
+    assert not any(key in text or secret in text for text in texts)
+
+
+def test_testnet_broker_refuses_without_sandbox_or_keys(tmp_path, monkeypatch):
+    from src.config_checks import ConfigError
+    from src.live.journal import Journal
+    from src.live.testnet import TestnetBroker
+
+    cfg = compose_config(["broker=ccxt_testnet", "data=binance_btc_usdt_1h"])
+    journal_ = Journal(tmp_path / "j.db", "j")
+    try:
+        monkeypatch.delenv("EXCHANGE_API_KEY", raising=False)
+        monkeypatch.chdir(tmp_path)  # no .env here
+        with pytest.raises(ConfigError, match="needs EXCHANGE_API_KEY and EXCHANGE_API_SECRET"):
+            TestnetBroker(cfg.data, cfg.broker, journal_)
+        cfg.broker.sandbox = False
+        with pytest.raises(ConfigError, match="there is no real-money mode"):
+            TestnetBroker(cfg.data, cfg.broker, journal_)
+    finally:
+        journal_.close()

@@ -56,13 +56,15 @@ class ExchangeClient:
     """A ccxt exchange with retries, backoff and clear errors; credentials only from the env."""
 
     def __init__(self, exchange_id: str, base_url: str | None = None, options: dict | None = None,
-                 max_retries: int = 5, backoff_seconds: float = 1.0):
+                 max_retries: int = 5, backoff_seconds: float = 1.0, sandbox: bool = False):
         if exchange_id not in ccxt.exchanges:
             raise ExchangeConfigError(f"unknown exchange {exchange_id!r} (data.exchange). "
                                       f"ccxt knows: {', '.join(ccxt.exchanges)}")
         self.credentials = exchange_credentials()
         self.exchange = getattr(ccxt, exchange_id)(
             {"enableRateLimit": True, **self.credentials, **(options or {})})
+        if sandbox:  # the exchange's test network: its URLs, never real money
+            self.exchange.set_sandbox_mode(True)
         if base_url:  # e.g. a proxy, or a server replaying recorded responses
             api = self.exchange.urls["api"]
             for key, url in api.items():

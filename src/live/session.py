@@ -38,6 +38,7 @@ from src.envs.torchrl_env import market_rules
 from src.live.broker import PaperBroker
 from src.live.feeds import Stale
 from src.live.journal import Journal
+from src.live.testnet import TestnetBroker
 from src.live.observe import Observer
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class Session:
             self.broker.load(account)
         self.stats.equity = float(self.broker.equity[0]) * self.capital
         self.metrics: list[Metric] = []
+        self.exchange = TestnetBroker(cfg.data, cfg.broker, journal) if cfg.broker.name == "ccxt_testnet" else None
 
     def on_bar(self, candle) -> None:
         """Everything one closed bar causes, in one journal transaction."""
@@ -136,6 +138,8 @@ class Session:
             kind = "order" if reason == "signal" else "exit"
             self.journal.add_fill(ts, kind, units * self.capital, price, fee * self.capital, reason,
                                   partial, self.decided_at)
+            if self.exchange is not None:
+                self.exchange.mirror(self.journal.order_key(self.decided_at), kind, ts, units * self.capital)
             self.stats.fills += 1
         self.journal.close_order(self.decided_at, "filled" if fills[kernels.ENTRY_UNITS] else "no_trade")
         equity, cash = float(self.broker.equity[0]), float(self.broker.cash[0])
