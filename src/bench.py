@@ -1,4 +1,9 @@
-"""Speed benchmark: ``python -m src.bench [--suite env|features] [--json PATH] [--seconds S]``.
+"""Speed benchmark: ``python -m src.bench [--suite env|features|paper] [--json PATH] [--seconds S]``.
+
+Suite ``paper``: a replay paper session (``mode=paper feed=replay``) of ``--bars`` bars of the
+default synthetic market's test split, for the default MLP PPO policy and buy-and-hold: decision
+latency p50/p99/max (bar arrival -> target decided: features on the bars so far, policy, journal
+excluded) and bars per second, against the batch backtest of the same bars in the same process.
 
 Suite ``features``: seconds to compute ``features=ta_full`` on ``--bars`` synthetic bars
 (default 1,000,000), to compute and write it to the feature cache, and to load it back.
@@ -168,6 +173,63 @@ def features_suite(n_bars: int, cache_dir: Path) -> list[dict]:
     return rows
 
 
+def paper_suite(n_bars: int) -> list[dict]:
+    """Latency of replay paper sessions (see the module docstring)."""
+    import tempfile
+
+    from hydra import compose, initialize_config_dir
+
+    from src import registry
+    from src.agents.checkpoint import policy_contract
+    from src.envs.torchrl_env import feature_columns
+    from src.live.session import paper_trade
+    from src.run import Market
+
+    conf_dir = Path(__file__).resolve().parents[1] / "conf"
+    rows = []
+    for agent_name in ("ppo", "buy_and_hold"):
+        with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose("config", overrides=[f"agent={agent_name}", "mode=paper", "paper.panel=false",
+                                               f"feed.max_bars={n_bars}", f"paper.journal_dir={tmp}",
+                                               f"paper.session=bench-{agent_name}"])
+            market = Market(cfg)
+            train = market.train()
+            env = registry.build("env", cfg.env, train, seed=cfg.seed, num_envs=1)
+            contract = policy_contract(cfg, feature_columns(train), market.scaler)
+
+            def factory():
+                return registry.build("agent", cfg.agent, env, seed=cfg.seed), env.actions
+
+            start = time.perf_counter()
+            result = paper_trade(cfg, market.raw, market.bounds.test, factory, market.featurize,
+                                 contract, None, Path(tmp) / "out")
+            session_seconds = time.perf_counter() - start
+            test_df, _ = market.test(cfg.scenario)
+            backtester = registry.build("backtest", cfg.backtest, cfg.env, env.actions)
+            start = time.perf_counter()
+            backtester.run(factory()[0], test_df.iloc[: n_bars + cfg.env.window_size])
+            backtest_seconds = time.perf_counter() - start
+        latency = result["latency_ms"]
+        rows.append({"agent": agent_name, "bars": result["bars"], "p50_ms": latency["p50"],
+                     "p99_ms": latency["p99"], "max_ms": latency["max"],
+                     "session_bars_per_second": result["bars"] / session_seconds,
+                     "backtest_bars_per_second": n_bars / backtest_seconds,
+                     "parity": result["parity"]})
+    return rows
+
+
+def paper_table(rows: list[dict]) -> Table:
+    out = Table(title="Paper session on replay: decision latency (bar arrival -> target)")
+    for column in ("agent", "bars", "p50 ms", "p99 ms", "max ms", "session bars/s",
+                   "backtest bars/s", "parity"):
+        out.add_column(column, justify="left" if column in ("agent", "parity") else "right")
+    for row in rows:
+        out.add_row(row["agent"], str(row["bars"]), f"{row['p50_ms']:.2f}", f"{row['p99_ms']:.2f}",
+                    f"{row['max_ms']:.2f}", f"{row['session_bars_per_second']:,.0f}",
+                    f"{row['backtest_bars_per_second']:,.0f}", row["parity"])
+    return out
+
+
 def features_table(rows: list[dict]) -> Table:
     out = Table(title="features=ta_full")
     for column in ("step", "bars", "columns", "seconds", "x compute"):
@@ -191,17 +253,22 @@ def table(rows: list[dict]) -> Table:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", choices=["env", "features"], default="env")
+    parser.add_argument("--suite", choices=["env", "features", "paper"], default="env")
     parser.add_argument("--json", type=Path, default=None, help="default outputs/bench_<suite>.json")
     parser.add_argument("--seconds", type=float, default=1.5, help="env: time per measurement")
-    parser.add_argument("--bars", type=int, default=1_000_000, help="features: bars to compute")
+    parser.add_argument("--bars", type=int, default=None,
+                        help="features: bars to compute (1,000,000); paper: bars to replay (1,000)")
     args = parser.parse_args()
     if args.suite == "env":
         rows = run(args.seconds)
         Console().print(table(rows))
         report = {"window": WINDOW, "features": N_FEATURES, "rows": rows}
+    elif args.suite == "paper":
+        rows = paper_suite(args.bars or 1_000)
+        Console().print(paper_table(rows))
+        report = {"rows": rows}
     else:
-        rows = features_suite(args.bars, Path("outputs/bench_feature_cache"))
+        rows = features_suite(args.bars or 1_000_000, Path("outputs/bench_feature_cache"))
         Console().print(features_table(rows))
         report = {"rows": rows}
     path = args.json or Path(f"outputs/bench_{args.suite}.json")

@@ -142,8 +142,11 @@ def _slippage(rules, units_traded, last_volume, scale):
     """Fraction of the price paid against the trade: (fixed x the bar's scale) + impact x
     sqrt(participation in the last known bar's volume). Account units are per unit of starting
     equity: x CAPITAL gives the order's real size."""
-    participation = abs(units_traded) * rules[CAPITAL] / last_volume if last_volume > 0 else 1.0
-    return rules[SLIPPAGE] * scale + rules[IMPACT] * np.sqrt(participation)
+    slip = rules[SLIPPAGE] * scale
+    if rules[IMPACT] > 0.0:
+        participation = abs(units_traded) * rules[CAPITAL] / last_volume if last_volume > 0 else 1.0
+        slip += rules[IMPACT] * np.sqrt(participation)
+    return slip
 
 
 @njit(cache=True, error_model="numpy")
@@ -165,9 +168,9 @@ def _order_units(rules, sized, units, mark, o, last_volume, slippage_scale, fee_
     naive = sized * max(mark, 0.0) / o - units
     if naive == 0.0:
         return 0.0
-    side = np.sign(naive)
-    price, fee = _fill(rules, naive, o, last_volume, slippage_scale, fee_scale)
-    cost = side * (price - o) / o + fee / (abs(naive) * o)
+    side = 1.0 if naive > 0 else -1.0
+    slip = _slippage(rules, naive, last_volume, slippage_scale)
+    cost = slip + (1.0 + slip * side) * rules[FEE] * fee_scale  # = what _fill charges per notional
     return naive / max(1.0 + sized * cost * side, 1e-9)
 
 
