@@ -156,12 +156,7 @@ class FakeBinance:
                     self.close_connection = True
                     self.connection.shutdown(2)
                     return
-                payload = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                self._answer(status, body)
 
             def log_message(self, *args):
                 pass

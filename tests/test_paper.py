@@ -107,6 +107,17 @@ def wait_for_bars(tmp_path: Path, session: str, bars: int, process, timeout: flo
     raise AssertionError(f"session {session} did not reach {bars} bars {output}")
 
 
+def interrupt(process, signum: int = signal.SIGINT) -> str:
+    """Send ``signum`` to the session's process group; returns its stderr once it has exited
+    (killed after 120 s)."""
+    try:
+        os.killpg(process.pid, signum)
+        return process.communicate(timeout=120)[1]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
 def same_trading(tmp_path: Path, a: str, b: str) -> None:
     """Sessions a and b journaled the same bars, decisions, fills and equity."""
     for table in ("bars", "fills", "equity"):
@@ -155,11 +166,8 @@ def test_kill_9_then_restart_loses_and_duplicates_nothing(tmp_path):
     process = paper_cli(tmp_path, *PAPER, "feed.max_bars=120", "feed.speed=40", session="crash", wait=False)
     try:
         wait_for_bars(tmp_path, "crash", 40, process)
-        os.killpg(process.pid, signal.SIGKILL)  # no clean-up at all
-        process.wait(timeout=30)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+        interrupt(process, signal.SIGKILL)  # no clean-up at all
     killed_at = len(journal(tmp_path, "crash", "decisions"))
     assert 40 <= killed_at < 120
     paper_cli(tmp_path, *PAPER, "feed.max_bars=120", session="crash")
@@ -173,11 +181,8 @@ def test_sigint_ends_the_session_cleanly(tmp_path):
     process = paper_cli(tmp_path, *PAPER, "feed.speed=20", session="stop", wait=False)
     try:
         wait_for_bars(tmp_path, "stop", 20, process)
-        os.killpg(process.pid, signal.SIGINT)
-        out, err = process.communicate(timeout=120)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+        err = interrupt(process)
     assert process.returncode == 0, err[-2000:]
     assert "Traceback" not in err
     result = summary(tmp_path, "stop")
@@ -246,11 +251,8 @@ def test_a_silent_feed_is_stale_flattens_and_sigint_closes_the_socket(tmp_path, 
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and "stale" not in set(journal(tmp_path, "silent", "events").kind):
                 time.sleep(0.2)
-            os.killpg(process.pid, signal.SIGINT)
-            out, err = process.communicate(timeout=120)
         finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
+            err = interrupt(process)
         assert process.returncode == 0, err[-2000:]
         assert stream.open == 0  # SIGINT closed the websocket
     events = journal(tmp_path, "silent", "events")
