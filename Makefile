@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench serve clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ test: setup
 
 bench: setup
 	$(PY) -m src.bench $(ARGS)
+
+# The HTTP API on 127.0.0.1:$${RLTRADE_API_PORT:-8000} (OpenAPI docs at /docs).
+serve: setup
+	$(PY) -m src.api
 
 clean:
 	rm -rf $(VENV) outputs/* multirun mlflow_runs
