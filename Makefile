@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench serve clean
+.PHONY: setup run test bench serve dashboard clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ bench: setup
 # The HTTP API on 127.0.0.1:$${RLTRADE_API_PORT:-8000} (OpenAPI docs at /docs).
 serve: setup
 	$(PY) -m src.api
+
+# The dashboard on 127.0.0.1:$${RLTRADE_DASHBOARD_PORT:-8501}, a client of the API ($$RLTRADE_API_URL).
+dashboard: setup
+	$(VENV)/bin/streamlit run src/dashboard/app.py --server.address 127.0.0.1 \
+		--server.port $${RLTRADE_DASHBOARD_PORT:-8501} --server.headless true --browser.gatherUsageStats false
 
 clean:
 	rm -rf $(VENV) outputs/* multirun mlflow_runs

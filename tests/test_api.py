@@ -35,6 +35,8 @@ def store(tmp_path_factory):
         run(compose_config(TINY_PPO), inside / "ppo")
         run(compose_config(["agent=buy_and_hold", "scenario=flash_crash", "data.n_bars=2500",
                             "backtest.plots=false"]), tmp / "hold")
+        run(compose_config(["agent=buy_and_hold", "mode=stress", "data.n_bars=3000",
+                            "backtest.plots=false", "run_name=stress-hold"]), tmp / "stress")
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
         with mlflow.start_run(run_name="sweep-test") as parent:
             mlflow.log_params({"sweep.metric": "val_sharpe"})
@@ -68,14 +70,15 @@ def api(store, monkeypatch, tmp_path):
 def test_health_runs_filters_and_paging(api):
     assert api.get("/health").json()["status"] == "ok"
     page = api.get("/runs").json()
-    assert page["total"] == 4
+    assert page["total"] == 5
     names = {r["name"] for r in page["runs"]}
     assert {"ppo-none", "buy_and_hold-flash_crash", "sweep-test"} <= names
     hold = api.get("/runs", params={"agent": "buy_and_hold"}).json()["runs"]
-    assert [r["scenario"] for r in hold] == ["flash_crash"] and hold[0]["trades"] == 2
+    assert sorted(r["scenario"] for r in hold) == ["flash_crash", "none"]
     assert api.get("/runs", params={"scenario": "flash_crash"}).json()["total"] == 1
     second = api.get("/runs", params={"limit": 1, "offset": 1}).json()
-    assert len(second["runs"]) == 1 and second["total"] == 4
+    assert len(second["runs"]) == 1 and second["total"] == 5
+    assert api.get("/runs", params={"mode": "stress"}).json()["runs"][0]["name"] == "stress-hold"
     assert api.get("/runs", params={"agent": "x' or 1=1"}).status_code == 400
 
 
@@ -90,6 +93,16 @@ def test_one_run_its_equity_trades_and_unknown_ids(api):
     assert trades and {"timestamp", "side", "units", "price", "fee", "reason"} <= set(trades[0])
     assert api.get("/runs/nosuchrun").status_code == 404
     assert api.get("/runs/nosuchrun/equity").status_code == 404
+
+
+def test_stress_table_and_training_history(api):
+    (stressed,) = api.get("/runs", params={"mode": "stress"}).json()["runs"]
+    table = api.get(f"/runs/{stressed['run_id']}/stress").json()
+    assert list(table)[0] == "none" and "buy_and_hold" in table["flash_crash"]
+    ppo = api.get("/runs", params={"agent": "ppo"}).json()["runs"][0]
+    assert api.get(f"/runs/{ppo['run_id']}/stress").status_code == 404
+    curve = api.get(f"/runs/{ppo['run_id']}/history/train/reward_per_step").json()
+    assert [int(p["timestamp"]) for p in curve] == [512, 1024]
 
 
 def test_sweep_configs_and_paper_sessions(api, store):

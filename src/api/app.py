@@ -186,6 +186,22 @@ def create_app(jobs_dir: Path | None = None, max_jobs: int | None = None) -> Fas
         frame = frame.fillna({"reason": ""})
         return [Trade(**{**r, "timestamp": str(r["timestamp"])}) for r in frame.to_dict("records")]
 
+    @app.get("/runs/{run_id}/history/{key:path}", response_model=list[Point])
+    def history(run_id: str, key: str) -> list[Point]:
+        """A metric's values by step (training curves: step = frames)."""
+        run_or_404(run_id)
+        return [Point(timestamp=str(m.step), value=m.value) for m in runs.client().get_metric_history(run_id, key)]
+
+    @app.get("/runs/{run_id}/stress")
+    def stress(run_id: str) -> dict:
+        """A ``mode=stress`` run's table: {scenario: {agent: metrics}}."""
+        run_or_404(run_id)
+        try:
+            path = runs.mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="stress.json")
+        except (runs.mlflow.exceptions.MlflowException, OSError):
+            raise HTTPException(404, f"run {run_id} is not a stress run (no stress.json)") from None
+        return json.loads(Path(path).read_text())
+
     @app.get("/sweeps/{parent_id}", response_model=Sweep)
     def sweep(parent_id: str) -> Sweep:
         parent = run_or_404(parent_id)

@@ -40,6 +40,7 @@ class RunPage(BaseModel):
 
 
 class RunDetail(RunRow):
+    artifact_dir: str = Field(description="where the run's artifacts are (policy.pt, ...)")
     params: dict[str, str]
     metrics: dict[str, float]
     tags: dict[str, str]

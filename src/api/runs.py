@@ -39,7 +39,8 @@ def row(run: Run) -> RunRow:
 
 def detail(run: Run) -> RunDetail:
     artifacts = [a.path for a in client().list_artifacts(run.info.run_id)]
-    return RunDetail(**row(run).model_dump(), params=run.data.params, metrics=run.data.metrics,
+    return RunDetail(**row(run).model_dump(), artifact_dir=run.info.artifact_uri.removeprefix("file://"),
+                     params=run.data.params, metrics=run.data.metrics,
                      tags={k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.log")},
                      artifacts=artifacts)
 

@@ -1,0 +1,231 @@
+"""The rltrade dashboard (Streamlit + Plotly), a client of the HTTP API (``RLTRADE_API_URL``).
+
+``streamlit run src/dashboard/app.py`` (``make dashboard``). Pages: Runs (table, filters, equity and
+drawdown overlay, parameters side by side with differences highlighted), Run (metrics, charts,
+fills on the equity curve, training curves, config), Sweeps (trials and parallel coordinates),
+Stress (scenario x agent heatmap), Launch (options from the API's /configs, never a fixed list),
+Paper (sessions, live equity), System (health and the API's Prometheus metrics).
+"""
+import os
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import requests
+import streamlit as st
+
+API = os.environ.get("RLTRADE_API_URL", "http://127.0.0.1:8000").rstrip("/")
+PAGES = ("Runs", "Run", "Sweeps", "Stress", "Launch", "Paper", "System")
+
+
+def api(method: str, path: str, missing_ok: bool = False, **kwargs):
+    """JSON from the API; a failure is shown on the page (never a traceback); ``missing_ok``: a
+    404 is None, quietly."""
+    token = os.environ.get("RLTRADE_API_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        answer = requests.request(method, f"{API}{path}", headers=headers, timeout=30, **kwargs)
+    except requests.ConnectionError:
+        st.error(f"The API at {API} is not reachable: start it with `make serve`.")
+        st.stop()
+    if answer.status_code == 404 and missing_ok:
+        return None
+    if answer.status_code >= 400:
+        st.error(f"{method} {path}: {answer.status_code} {answer.json().get('detail')}")
+        return None
+    return answer.json() if "json" in answer.headers.get("content-type", "") else answer.text
+
+
+def curve(run_id: str) -> pd.Series | None:
+    points = api("GET", f"/runs/{run_id}/equity", missing_ok=True)
+    if not points:
+        return None
+    return pd.Series([p["value"] for p in points], index=pd.to_datetime([p["timestamp"] for p in points]))
+
+
+def drawdown(equity: pd.Series) -> pd.Series:
+    return equity / equity.cummax() - 1.0
+
+
+def runs_page() -> None:
+    st.header("Runs")
+    configs = api("GET", "/configs")["groups"]
+    columns = st.columns(3)
+    agent = columns[0].selectbox("agent", ["(any)"] + configs["agent"])
+    scenario = columns[1].selectbox("scenario", ["(any)"] + configs["scenario"])
+    status = columns[2].selectbox("status", ["(any)", "FINISHED", "RUNNING", "FAILED", "KILLED"])
+    params = {k: v for k, v in (("agent", agent), ("scenario", scenario), ("status", status)) if v != "(any)"}
+    page = api("GET", "/runs", params={**params, "limit": 200})
+    table = pd.DataFrame(page["runs"])
+    st.caption(f"{page['total']} runs")
+    if table.empty:
+        return
+    shown = ["name", "agent", "data", "scenario", "test_sharpe", "val_sharpe", "total_return",
+             "max_drawdown", "trades", "seconds", "status", "run_id"]
+    st.dataframe(table[shown], hide_index=True, key="runs_table")
+    chosen = st.multiselect("compare runs", table.run_id.tolist(),
+                            format_func=lambda r: table.set_index("run_id").loc[r, "name"], key="compare")
+    if not chosen:
+        return
+    equity, under = go.Figure(), go.Figure()
+    for run_id in chosen:
+        series = curve(run_id)
+        if series is not None:
+            name = table.set_index("run_id").loc[run_id, "name"]
+            equity.add_scatter(x=series.index, y=series.values, name=name)
+            under.add_scatter(x=series.index, y=drawdown(series).values, name=name, fill="tozeroy")
+    st.plotly_chart(equity.update_layout(title="Equity"), key="overlay_equity")
+    st.plotly_chart(under.update_layout(title="Drawdown", yaxis_tickformat=".0%"), key="overlay_drawdown")
+    params = pd.DataFrame({r: api("GET", f"/runs/{r}")["params"] for r in chosen})
+    differs = params.nunique(axis=1, dropna=False) > 1
+    st.subheader("Parameters (differences highlighted)")
+    st.dataframe(params.style.apply(lambda row: ["background-color: #fff3b0" if differs[row.name] else ""
+                                                 for _ in row], axis=1), key="params_diff")
+
+
+def run_page() -> None:
+    st.header("One run")
+    run_id = st.text_input("run id", st.session_state.get("run_id", ""), key="run_id_input")
+    if not run_id:  # the latest run with a test backtest
+        rows = [r for r in api("GET", "/runs", params={"limit": 50})["runs"] if r["test_sharpe"] is not None]
+        run_id = rows[0]["run_id"] if rows else ""
+    if not run_id:
+        st.info("No runs yet: `make run`.")
+        return
+    detail = api("GET", f"/runs/{run_id}")
+    if detail is None:
+        return
+    st.subheader(detail["name"])
+    metrics = {k: v for k, v in detail["metrics"].items() if k.startswith("test/")}
+    st.dataframe(pd.Series(metrics, name="value"), key="run_metrics")
+    series = curve(run_id)
+    if series is not None:
+        trades = pd.DataFrame(api("GET", f"/runs/{run_id}/trades", missing_ok=True) or [])
+        figure = go.Figure().add_scatter(x=series.index, y=series.values, name="equity")
+        if not trades.empty:
+            stamps = pd.to_datetime(trades.timestamp)
+            marks = series.reindex(stamps, method="ffill")
+            for side, symbol in (("buy", "triangle-up"), ("sell", "triangle-down")):
+                chosen = trades.side == side
+                figure.add_scatter(x=stamps[chosen], y=marks[chosen.to_numpy()].values, mode="markers",
+                                   name=side, marker_symbol=symbol, marker_size=9)
+        st.plotly_chart(figure.update_layout(title="Equity and fills"), key="run_equity")
+        st.plotly_chart(px.area(drawdown(series), title="Drawdown"), key="run_drawdown")
+        if not trades.empty:
+            st.dataframe(trades, hide_index=True, key="run_trades")
+    history = api("GET", f"/runs/{run_id}/history/train/reward_per_step", missing_ok=True) or []
+    if history:
+        steps = pd.Series([h["value"] for h in history], index=[int(h["timestamp"]) for h in history])
+        st.plotly_chart(px.line(steps, title="Training reward per step (by frames)"), key="run_training")
+    with st.expander("config"):
+        st.json(detail["params"])
+    st.caption("artifacts: " + ", ".join(detail["artifacts"]))
+
+
+def sweeps_page() -> None:
+    st.header("Sweeps")
+    parents = [r for r in api("GET", "/runs", params={"limit": 500})["runs"] if r["name"].startswith("sweep-")]
+    if not parents:
+        st.info("No sweeps yet: `python -m src.run --multirun experiment=ppo_sweep`.")
+        return
+    parent = st.selectbox("sweep", [p["run_id"] for p in parents],
+                          format_func=lambda r: next(p["name"] for p in parents if p["run_id"] == r))
+    sweep = api("GET", f"/sweeps/{parent}")
+    metric = (sweep["metric"] or "val_sharpe").replace("val_", "val/")
+    rows = [{**t["params"], metric: t["metrics"].get(metric), "status": t["status"], "run": t["name"]}
+            for t in sweep["trials"]]
+    table = pd.DataFrame(rows)
+    swept = [c for c in table.columns if table[c].nunique() > 1 and c not in (metric, "status", "run")]
+    st.dataframe(table[["run", "status", metric, *swept]], hide_index=True, key="sweep_table")
+    numeric = table[swept].apply(pd.to_numeric, errors="coerce").dropna(axis=1, how="all")
+    if len(numeric.columns) and table[metric].notna().any():
+        figure = px.parallel_coordinates(numeric.assign(**{metric: table[metric]}), color=metric)
+        st.plotly_chart(figure, key="sweep_parallel")
+    best = table.sort_values(metric, ascending=False).iloc[0]
+    st.code("python -m src.run " + " ".join(f"{k}={best[k]}" for k in swept))
+
+
+def stress_page() -> None:
+    st.header("Stress tests")
+    stressed = api("GET", "/runs", params={"mode": "stress", "limit": 200})["runs"]
+    if not stressed:
+        st.info("No stress runs yet: `python -m src.run mode=stress`.")
+        return
+    run_id = st.selectbox("stress run", [r["run_id"] for r in stressed],
+                          format_func=lambda r: next(x["name"] for x in stressed if x["run_id"] == r))
+    table = api("GET", f"/runs/{run_id}/stress")
+    sharpe = pd.DataFrame({s: {a: m["sharpe"] for a, m in agents.items()} for s, agents in table.items()}).T
+    st.plotly_chart(px.imshow(sharpe, text_auto=".2f", color_continuous_scale="RdYlGn",
+                              title="Sharpe by scenario and agent"), key="stress_heatmap")
+    st.caption(f"Each cell's equity chart: run {run_id}, artifact plots/<scenario>/equity.png")
+
+
+def launch_page() -> None:
+    st.header("Launch")
+    groups = api("GET", "/configs")["groups"]
+    kind = st.selectbox("kind", ["run", "stress", "backtest", "paper"])
+    chosen = {group: st.selectbox(group, ["(default)"] + options, key=f"launch_{group}")
+              for group, options in groups.items() if options}
+    overrides = st.text_input("overrides (space separated)", "", key="launch_overrides")
+    if st.button("Start", key="launch_start"):
+        body = {"kind": kind, "groups": {g: o for g, o in chosen.items() if o != "(default)"},
+                "overrides": overrides.split()}
+        job = api("POST", "/jobs", json=body)
+        if job:
+            st.session_state["job"] = job["id"]
+    if "job" in st.session_state:
+        job = api("GET", f"/jobs/{st.session_state['job']}")
+        st.write(f"job {job['id']}: **{job['status']}** {job['progress']}")
+        st.code("\n".join(job["log_tail"][-15:]) or "(no output yet)")
+
+
+def paper_page() -> None:
+    st.header("Paper trading")
+    sessions = api("GET", "/paper/sessions") or []
+    if sessions:
+        st.dataframe(pd.DataFrame(sessions), hide_index=True, key="paper_sessions")
+        session = st.selectbox("session", [s["session"] for s in sessions], key="paper_session")
+        text = api("GET", f"/paper/{session}/events", params={"follow": "false"}) or ""
+        rows = [event_data(block) for block in text.strip().split("\n\n") if "event: equity" in block]
+        if rows:
+            frame = pd.DataFrame(rows)
+            frame.index = pd.to_datetime(frame.ts, unit="ms", utc=True)
+            st.plotly_chart(px.line(frame.equity, title=f"{session}: equity"), key="paper_equity")
+    checkpoints = [r for r in api("GET", "/runs", params={"agent": "ppo", "limit": 50})["runs"]
+                   if r["test_sharpe"] is not None]
+    st.subheader("Start a session")
+    choice = st.selectbox("model (validation / test Sharpe)", ["buy_and_hold"] + [c["run_id"] for c in checkpoints],
+                          format_func=lambda r: r if r == "buy_and_hold" else next(
+                              f"{c['name']} ({c['val_sharpe'] or 0:+.2f} / {c['test_sharpe']:+.2f})"
+                              for c in checkpoints if c["run_id"] == r), key="paper_model")
+    feed = st.selectbox("feed", ["replay", "ccxt"], key="paper_feed")
+    if st.button("Start session", key="paper_start"):
+        groups = {"feed": feed, **({"agent": "buy_and_hold"} if choice == "buy_and_hold" else {})}
+        overrides = [] if choice == "buy_and_hold" else [
+            f"agent.checkpoint={api('GET', f'/runs/{choice}')['artifact_dir']}/policy.pt"]
+        api("POST", "/jobs", json={"kind": "paper", "groups": groups, "overrides": overrides})
+
+
+def event_data(block: str) -> dict:
+    """The data of one server-sent event block."""
+    import json
+
+    return json.loads(next(line[6:] for line in block.splitlines() if line.startswith("data: ")))
+
+
+def system_page() -> None:
+    st.header("System")
+    st.json(api("GET", "/health"))
+    text = api("GET", "/metrics") or ""
+    samples = [line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")]
+    st.dataframe(pd.DataFrame(samples, columns=["metric", "value"]), hide_index=True, key="system_metrics")
+
+
+def main() -> None:
+    st.set_page_config(page_title="rltrade", layout="wide")
+    page = st.sidebar.radio("page", PAGES, key="page")
+    {"Runs": runs_page, "Run": run_page, "Sweeps": sweeps_page, "Stress": stress_page,
+     "Launch": launch_page, "Paper": paper_page, "System": system_page}[page]()
+
+
+main()
