@@ -1,5 +1,6 @@
 """The HTTP API: every endpoint and error through FastAPI's TestClient on an MLflow store made by
 the test with real runs, and a real uvicorn server on 127.0.0.1 that runs a job to completion."""
+import json
 import os
 import shutil
 import socket
@@ -13,7 +14,6 @@ import requests
 from fastapi.testclient import TestClient
 
 from src.api.app import create_app
-from src.live.journal import Journal
 from src.run import run
 from tests.conftest import ROOT, compose_config
 
@@ -43,13 +43,10 @@ def store(tmp_path_factory):
         run(compose_config(["agent=random", "data.n_bars=2500", "backtest.plots=false",
                             f"++mlflow.parent_run_id={parent.info.run_id}", "evaluate_test=false"]),
             tmp / "trial")
-        journal = Journal(tmp / "paper" / "demo.db", "demo")
-        with journal.bar():
-            journal.add_bar((1_700_000_000_000, 1, 1, 1, 1, 1), history=False)
-            journal.add_decision(1_700_000_000_000, "abc", 1.0, 1.0, 2.5)
-            journal.add_fill(1_700_003_600_000, "order", 3.0, 100.0, 0.3, "signal", False, 1_700_000_000_000)
-            journal.add_equity(1_700_003_600_000, 10_010.0, 0.0, 3.0, 1.0, 0.0)
-        journal.close()
+        run(compose_config(["mode=paper", "agent=sma_cross", "agent.fast=3", "agent.slow=8",
+                            "data.n_bars=3000", "paper.history_bars=700", "feed.max_bars=120",
+                            "paper.panel=false", "paper.session=demo", f"paper.journal_dir={tmp / 'paper'}"]),
+            tmp / "paper-run")
         yield {"dir": tmp, "parent": parent.info.run_id, "inside": inside}
     finally:
         shutil.rmtree(inside, ignore_errors=True)
@@ -70,14 +67,14 @@ def api(store, monkeypatch, tmp_path):
 def test_health_runs_filters_and_paging(api):
     assert api.get("/health").json()["status"] == "ok"
     page = api.get("/runs").json()
-    assert page["total"] == 5
+    assert page["total"] == 6
     names = {r["name"] for r in page["runs"]}
     assert {"ppo-none", "buy_and_hold-flash_crash", "sweep-test"} <= names
     hold = api.get("/runs", params={"agent": "buy_and_hold"}).json()["runs"]
     assert sorted(r["scenario"] for r in hold) == ["flash_crash", "none"]
     assert api.get("/runs", params={"scenario": "flash_crash"}).json()["total"] == 1
     second = api.get("/runs", params={"limit": 1, "offset": 1}).json()
-    assert len(second["runs"]) == 1 and second["total"] == 5
+    assert len(second["runs"]) == 1 and second["total"] == 6
     assert api.get("/runs", params={"mode": "stress"}).json()["runs"][0]["name"] == "stress-hold"
     assert api.get("/runs", params={"agent": "x' or 1=1"}).status_code == 400
 
@@ -113,9 +110,11 @@ def test_sweep_configs_and_paper_sessions(api, store):
     assert "quick" in groups["experiment"] and "ppo_conv" in groups["agent"]
     assert {"replay", "ccxt"} <= set(groups["feed"]) and "flash_crash" in groups["scenario"]
     (session,) = api.get("/paper/sessions").json()
-    assert session["session"] == "demo" and session["fills"] == 1 and session["equity"] == 10_010.0
+    summary = json.loads((store["dir"] / "paper-run" / "paper_summary.json").read_text())
+    assert session["session"] == "demo" and session["bars"] == 120 and session["fills"] == summary["trades"]
+    assert session["equity"] == pytest.approx(summary["equity"])
     events = api.get("/paper/demo/events", params={"follow": "false"}).text
-    assert "event: fill" in events and '"equity": 10010.0' in events
+    assert events.count("event: fill") == summary["trades"] and events.count("event: equity") == 119
     assert api.get("/paper/nosuch/events").status_code == 404
     assert api.get("/paper/..%2F..%2Fetc%2Fpasswd/events").status_code == 404
 
@@ -160,7 +159,8 @@ def test_prometheus_metrics(api):
     api.get("/health")
     text = api.get("/metrics").text
     assert 'rltrade_api_requests_total{method="GET",path="/health",status="200"}' in text
-    assert 'rltrade_jobs{status="running"} 0.0' in text and 'rltrade_paper_equity{session="demo"} 10010.0' in text
+    assert 'rltrade_jobs{status="running"} 0.0' in text and 'rltrade_paper_equity{session="demo"}' in text
+    assert 'rltrade_paper_latency_ms{session="demo"}' in text
 
 
 def free_port() -> int:

@@ -4,7 +4,8 @@
 drawdown overlay, parameters side by side with differences highlighted), Run (metrics, charts,
 fills on the equity curve, training curves, config), Sweeps (trials and parallel coordinates),
 Stress (scenario x agent heatmap), Launch (options from the API's /configs, never a fixed list),
-Paper (sessions, live equity), System (health and the API's Prometheus metrics).
+Paper (sessions, live equity), System (health and the API's Prometheus metrics). A view can be
+linked: ``?page=Runs&compare=<run id>,<run id>``, ``?page=Run&run=<run id>``.
 """
 import os
 
@@ -63,7 +64,8 @@ def runs_page() -> None:
     shown = ["name", "agent", "data", "scenario", "test_sharpe", "val_sharpe", "total_return",
              "max_drawdown", "trades", "seconds", "status", "run_id"]
     st.dataframe(table[shown], hide_index=True, key="runs_table")
-    chosen = st.multiselect("compare runs", table.run_id.tolist(),
+    linked = [r for r in st.query_params.get("compare", "").split(",") if r in set(table.run_id)]
+    chosen = st.multiselect("compare runs", table.run_id.tolist(), default=linked,
                             format_func=lambda r: table.set_index("run_id").loc[r, "name"], key="compare")
     if not chosen:
         return
@@ -85,7 +87,7 @@ def runs_page() -> None:
 
 def run_page() -> None:
     st.header("One run")
-    run_id = st.text_input("run id", st.session_state.get("run_id", ""), key="run_id_input")
+    run_id = st.text_input("run id", st.query_params.get("run", ""), key="run_id_input")
     if not run_id:  # the latest run with a test backtest
         rows = [r for r in api("GET", "/runs", params={"limit": 50})["runs"] if r["test_sharpe"] is not None]
         run_id = rows[0]["run_id"] if rows else ""
@@ -185,12 +187,7 @@ def paper_page() -> None:
     if sessions:
         st.dataframe(pd.DataFrame(sessions), hide_index=True, key="paper_sessions")
         session = st.selectbox("session", [s["session"] for s in sessions], key="paper_session")
-        text = api("GET", f"/paper/{session}/events", params={"follow": "false"}) or ""
-        rows = [event_data(block) for block in text.strip().split("\n\n") if "event: equity" in block]
-        if rows:
-            frame = pd.DataFrame(rows)
-            frame.index = pd.to_datetime(frame.ts, unit="ms", utc=True)
-            st.plotly_chart(px.line(frame.equity, title=f"{session}: equity"), key="paper_equity")
+        live_equity(session)
     checkpoints = [r for r in api("GET", "/runs", params={"agent": "ppo", "limit": 50})["runs"]
                    if r["test_sharpe"] is not None]
     st.subheader("Start a session")
@@ -204,6 +201,27 @@ def paper_page() -> None:
         overrides = [] if choice == "buy_and_hold" else [
             f"agent.checkpoint={api('GET', f'/runs/{choice}')['artifact_dir']}/policy.pt"]
         api("POST", "/jobs", json={"kind": "paper", "groups": groups, "overrides": overrides})
+
+
+@st.fragment(run_every="2s")
+def live_equity(session: str) -> None:
+    """The session's equity, position and fills, redrawn every 2 s without a page reload."""
+    text = api("GET", f"/paper/{session}/events", params={"follow": "false"}) or ""
+    blocks = [b for b in text.strip().split("\n\n") if b]
+    equity = pd.DataFrame([event_data(b) for b in blocks if "event: equity" in b])
+    fills = pd.DataFrame([event_data(b) for b in blocks if "event: fill" in b])
+    if equity.empty:
+        st.info("No fills yet.")
+        return
+    equity.index = pd.to_datetime(equity.ts, unit="ms", utc=True)
+    figure = go.Figure().add_scatter(x=equity.index, y=equity.equity, name="equity")
+    if not fills.empty:
+        stamps = pd.to_datetime(fills.ts, unit="ms", utc=True)
+        figure.add_scatter(x=stamps, y=equity.equity.reindex(stamps, method="ffill"), mode="markers",
+                           name="fills", marker_size=8)
+    st.plotly_chart(figure.update_layout(title=f"{session}: equity and fills"), key="paper_equity")
+    st.caption(f"position {equity.position.iloc[-1]:+.2f}, equity {equity.equity.iloc[-1]:,.2f}, "
+               f"{len(fills)} fills, last bar {equity.index[-1]:%Y-%m-%d %H:%M}")
 
 
 def event_data(block: str) -> dict:
@@ -223,7 +241,8 @@ def system_page() -> None:
 
 def main() -> None:
     st.set_page_config(page_title="rltrade", layout="wide")
-    page = st.sidebar.radio("page", PAGES, key="page")
+    linked = st.query_params.get("page", "Runs")  # ?page=Stress&run=...&compare=a,b: shareable views
+    page = st.sidebar.radio("page", PAGES, index=PAGES.index(linked) if linked in PAGES else 0, key="page")
     {"Runs": runs_page, "Run": run_page, "Sweeps": sweeps_page, "Stress": stress_page,
      "Launch": launch_page, "Paper": paper_page, "System": system_page}[page]()
 
