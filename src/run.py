@@ -204,7 +204,9 @@ def _backtest(cfg, market, backtester, agent, contenders, output_dir, artifacts)
         if name != agent.name:
             mlflow.log_metrics({f"baseline/{name}/{k}": v for k, v in result.metrics.items()})
     main.trades.to_csv(output_dir / "trades.csv", index=False)
-    pd.concat([main.equity, main.financing], axis=1).to_csv(output_dir / "equity.csv")
+    hold = results.get("buy_and_hold")
+    baseline = [hold.equity.rename("buy_and_hold")] if hold is not None and hold is not main else []
+    pd.concat([main.equity, main.financing, *baseline], axis=1).to_csv(output_dir / "equity.csv")
     metrics = {name: r.metrics for name, r in results.items()}
     title = (f"Test split ({test_df.index[cfg.env.window_size - 1]:%Y-%m-%d} .. "
              f"{test_df.index[-1]:%Y-%m-%d}), scenario={'+'.join(cfg.scenario)}")

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -85,7 +86,12 @@ def test_one_run_its_equity_trades_and_unknown_ids(api):
     assert detail["params"]["agent.name"] == "ppo" and "test/sharpe" in detail["metrics"]
     assert {"policy.pt", "equity.csv", "trades.csv"} <= set(detail["artifacts"])
     curve = api.get(f"/runs/{ppo['run_id']}/equity").json()
-    assert len(curve) > 100 and curve[0]["value"] == 10_000.0
+    assert len(curve) > 100 and curve[0]["value"] == 10_000.0 and curve[0]["baseline"] == 10_000.0
+    assert curve[-1]["baseline"] != curve[-1]["value"]  # buy-and-hold on the same bars
+    policy = api.get(f"/runs/{ppo['run_id']}/artifacts/policy.pt")
+    assert policy.status_code == 200 and len(policy.content) > 1000
+    assert api.get(f"/runs/{ppo['run_id']}/artifacts/..%2F..%2F..%2Fmlflow.db").status_code in (400, 404)
+    assert api.get(f"/runs/{ppo['run_id']}/artifacts/nope.csv").status_code == 404
     trades = api.get(f"/runs/{ppo['run_id']}/trades").json()
     assert trades and {"timestamp", "side", "units", "price", "fee", "reason"} <= set(trades[0])
     assert api.get("/runs/nosuchrun").status_code == 404
@@ -161,6 +167,31 @@ def test_prometheus_metrics(api):
     assert 'rltrade_api_requests_total{method="GET",path="/health",status="200"}' in text
     assert 'rltrade_jobs{status="running"} 0.0' in text and 'rltrade_paper_equity{session="demo"}' in text
     assert 'rltrade_paper_latency_ms{session="demo"}' in text
+
+
+@pytest.mark.slow
+def test_job_state_survives_an_api_restart(tmp_path, store):
+    """A job started by one API process is followed to its end by the next one (SQLite state and
+    the exit code written beside the job's log)."""
+    from src.api.jobs import JobStore
+    from src.api.models import JobRequest
+
+    first = JobStore(tmp_path / "jobs", max_jobs=1, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
+    job = first.submit(JobRequest(groups={"agent": "buy_and_hold"}, overrides=["data.n_bars=2500",
+                                                                               "backtest.plots=false"]))
+    assert job.status == "running"
+    first.close()  # the API goes away; the job runs on
+    second = JobStore(tmp_path / "jobs", max_jobs=1)
+    try:
+        deadline = time.monotonic() + 180
+        while second.get(job.id).status == "running" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            second.tick()
+        done = second.get(job.id)
+        assert done.status == "finished" and done.returncode == 0
+        assert (Path(done.output_dir) / "run" / "summary.json").is_file()
+    finally:
+        second.close()
 
 
 def free_port() -> int:

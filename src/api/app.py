@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
@@ -175,7 +175,20 @@ def create_app(jobs_dir: Path | None = None, max_jobs: int | None = None) -> Fas
         if frame is None:
             raise HTTPException(404, f"run {run_id} has no equity.csv (a sweep trial or a paper run)")
         stamps = frame.iloc[:, 0].astype(str)
-        return [Point(timestamp=t, value=v) for t, v in zip(stamps, frame["equity"])]
+        baseline = frame["buy_and_hold"] if "buy_and_hold" in frame else [None] * len(frame)
+        return [Point(timestamp=t, value=v, baseline=b) for t, v, b in zip(stamps, frame["equity"], baseline)]
+
+    @app.get("/runs/{run_id}/artifacts/{path:path}")
+    def artifact(run_id: str, path: str) -> FileResponse:
+        """Download one artifact of a run (no path outside the run's artifacts)."""
+        run = run_or_404(run_id)
+        root = Path(run.info.artifact_uri.removeprefix("file://")).resolve()
+        target = (root / path).resolve()
+        if not target.is_relative_to(root):
+            raise HTTPException(400, f"artifact path {path!r} leaves the run's artifacts")
+        if not target.is_file():
+            raise HTTPException(404, f"run {run_id} has no artifact {path!r}")
+        return FileResponse(target, filename=target.name)
 
     @app.get("/runs/{run_id}/trades", response_model=list[Trade])
     def trades(run_id: str) -> list[Trade]:

@@ -50,6 +50,7 @@ class RunDetail(RunRow):
 class Point(BaseModel):
     timestamp: str
     value: float
+    baseline: float | None = Field(default=None, description="buy-and-hold on the same bars, if logged")
 
 
 class Trade(BaseModel):

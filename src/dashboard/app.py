@@ -37,11 +37,13 @@ def api(method: str, path: str, missing_ok: bool = False, **kwargs):
     return answer.json() if "json" in answer.headers.get("content-type", "") else answer.text
 
 
-def curve(run_id: str) -> pd.Series | None:
+def curve(run_id: str, baseline: bool = False) -> pd.Series | None:
+    """The run's equity curve (or, with ``baseline``, buy-and-hold's on the same bars)."""
     points = api("GET", f"/runs/{run_id}/equity", missing_ok=True)
-    if not points:
+    if not points or (baseline and points[0]["baseline"] is None):
         return None
-    return pd.Series([p["value"] for p in points], index=pd.to_datetime([p["timestamp"] for p in points]))
+    key = "baseline" if baseline else "value"
+    return pd.Series([p[key] for p in points], index=pd.to_datetime([p["timestamp"] for p in points]))
 
 
 def drawdown(equity: pd.Series) -> pd.Series:
@@ -70,6 +72,10 @@ def runs_page() -> None:
     if not chosen:
         return
     equity, under = go.Figure(), go.Figure()
+    hold = curve(chosen[0], baseline=True)
+    if hold is not None:  # buy-and-hold on the first run's test bars
+        equity.add_scatter(x=hold.index, y=hold.values, name="buy_and_hold", line_dash="dash")
+        under.add_scatter(x=hold.index, y=drawdown(hold).values, name="buy_and_hold", line_dash="dash")
     for run_id in chosen:
         series = curve(run_id)
         if series is not None:
@@ -121,7 +127,8 @@ def run_page() -> None:
         st.plotly_chart(px.line(steps, title="Training reward per step (by frames)"), key="run_training")
     with st.expander("config"):
         st.json(detail["params"])
-    st.caption("artifacts: " + ", ".join(detail["artifacts"]))
+    st.caption("artifacts (download):")
+    st.markdown(" · ".join(f"[{name}]({API}/runs/{run_id}/artifacts/{name})" for name in detail["artifacts"]))
 
 
 def sweeps_page() -> None:
