@@ -168,7 +168,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, float]]:
             metrics = _backtest(cfg, market, backtester, agent, contenders, output_dir, artifacts)
         saved = agent.save(output_dir / "policy.pt", contract)
         for path in artifacts + ([saved] if saved else []):
-            mlflow.log_artifact(str(path))
+            folder = path.parent.relative_to(output_dir).as_posix()  # the output dir's layout
+            mlflow.log_artifact(str(path), artifact_path=None if folder == "." else folder)
         mlflow.log_metric("run_seconds", time.perf_counter() - started)
     return {**metrics, "validation": validation}
 

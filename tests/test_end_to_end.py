@@ -30,7 +30,10 @@ def test_single_run_logs_metrics_params_and_artifacts(tmp_path):
     assert run.data.params["agent.lr"] == "0.0003" and run.data.params["env.window_size"] == "32"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"config.yaml", "trades.csv", "equity.csv", "policy.pt", "summary.json", "report.html",
-            "equity.png", "drawdown.png", "returns.png", "position.png", "rolling_sharpe.png"} <= artifacts
+            "plots"} <= artifacts
+    plots = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "plots")}
+    assert {f"plots/{name}.png" for name in ("equity", "drawdown", "returns", "position",
+                                              "rolling_sharpe")} <= plots
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 5 and "max_drawdown" in page  # self-contained
     summary = json.loads((out / "summary.json").read_text())
@@ -98,6 +101,8 @@ def test_stress_mode_reports_every_scenario(tmp_path):
     assert all((out / "plots" / s / "equity.png").is_file() for s in scenarios)
     (run,) = runs(tmp_path)
     assert "stress/gap/ppo/sharpe" in run.data.metrics
+    stored = {a.path for s in scenarios for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, f"plots/{s}")}
+    assert stored == {f"plots/{s}/equity.png" for s in scenarios}  # one per scenario, none overwritten
 
 
 def test_a_range_error_prints_one_line_without_a_traceback(tmp_path):

@@ -168,12 +168,16 @@ def create_app(jobs_dir: Path | None = None, max_jobs: int | None = None) -> Fas
     def get_run(run_id: str) -> RunDetail:
         return runs.detail(run_or_404(run_id))
 
+    def csv_or_404(run_id: str, name: str):
+        run_or_404(run_id)
+        frame = runs.artifact_frame(run_id, name)
+        if frame is None:
+            raise HTTPException(404, f"run {run_id} has no {name} (a sweep trial, stress or paper run)")
+        return frame
+
     @app.get("/runs/{run_id}/equity", response_model=list[Point])
     def equity(run_id: str) -> list[Point]:
-        run_or_404(run_id)
-        frame = runs.artifact_frame(run_id, "equity.csv")
-        if frame is None:
-            raise HTTPException(404, f"run {run_id} has no equity.csv (a sweep trial or a paper run)")
+        frame = csv_or_404(run_id, "equity.csv")
         stamps = frame.iloc[:, 0].astype(str)
         baseline = frame["buy_and_hold"] if "buy_and_hold" in frame else [None] * len(frame)
         return [Point(timestamp=t, value=v, baseline=b) for t, v, b in zip(stamps, frame["equity"], baseline)]
@@ -192,11 +196,7 @@ def create_app(jobs_dir: Path | None = None, max_jobs: int | None = None) -> Fas
 
     @app.get("/runs/{run_id}/trades", response_model=list[Trade])
     def trades(run_id: str) -> list[Trade]:
-        run_or_404(run_id)
-        frame = runs.artifact_frame(run_id, "trades.csv")
-        if frame is None:
-            raise HTTPException(404, f"run {run_id} has no trades.csv")
-        frame = frame.fillna({"reason": ""})
+        frame = csv_or_404(run_id, "trades.csv").fillna({"reason": ""})
         return [Trade(**{**r, "timestamp": str(r["timestamp"])}) for r in frame.to_dict("records")]
 
     @app.get("/runs/{run_id}/history/{key:path}", response_model=list[Point])

@@ -131,14 +131,19 @@ def run_page() -> None:
     st.markdown(" · ".join(f"[{name}]({API}/runs/{run_id}/artifacts/{name})" for name in detail["artifacts"]))
 
 
+def pick(label: str, rows: list[dict]) -> str:
+    """A run chosen by name among ``rows`` (API run rows); returns its id."""
+    names = {r["run_id"]: r["name"] for r in rows}
+    return st.selectbox(label, list(names), format_func=names.get, key=f"pick_{label}")
+
+
 def sweeps_page() -> None:
     st.header("Sweeps")
     parents = [r for r in api("GET", "/runs", params={"limit": 500})["runs"] if r["name"].startswith("sweep-")]
     if not parents:
         st.info("No sweeps yet: `python -m src.run --multirun experiment=ppo_sweep`.")
         return
-    parent = st.selectbox("sweep", [p["run_id"] for p in parents],
-                          format_func=lambda r: next(p["name"] for p in parents if p["run_id"] == r))
+    parent = pick("sweep", parents)
     sweep = api("GET", f"/sweeps/{parent}")
     metric = (sweep["metric"] or "val_sharpe").replace("val_", "val/")
     rows = [{**t["params"], metric: t["metrics"].get(metric), "status": t["status"], "run": t["name"]}
@@ -160,13 +165,14 @@ def stress_page() -> None:
     if not stressed:
         st.info("No stress runs yet: `python -m src.run mode=stress`.")
         return
-    run_id = st.selectbox("stress run", [r["run_id"] for r in stressed],
-                          format_func=lambda r: next(x["name"] for x in stressed if x["run_id"] == r))
+    linked = [r for r in stressed if r["run_id"] == st.query_params.get("run")]
+    run_id = pick("stress run", linked + [r for r in stressed if r not in linked])
     table = api("GET", f"/runs/{run_id}/stress")
     sharpe = pd.DataFrame({s: {a: m["sharpe"] for a, m in agents.items()} for s, agents in table.items()}).T
     st.plotly_chart(px.imshow(sharpe, text_auto=".2f", color_continuous_scale="RdYlGn",
                               title="Sharpe by scenario and agent"), key="stress_heatmap")
-    st.caption(f"Each cell's equity chart: run {run_id}, artifact plots/<scenario>/equity.png")
+    st.markdown("Equity under each scenario: " + " · ".join(
+        f"[{s}]({API}/runs/{run_id}/artifacts/plots/{s}/equity.png)" for s in table))
 
 
 def launch_page() -> None:
