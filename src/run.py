@@ -207,7 +207,8 @@ def _backtest(cfg, market, backtester, agent, contenders, output_dir, artifacts)
     main.trades.to_csv(output_dir / "trades.csv", index=False)
     hold = results.get("buy_and_hold")
     baseline = [hold.equity.rename("buy_and_hold")] if hold is not None and hold is not main else []
-    pd.concat([main.equity, main.financing, *baseline], axis=1).to_csv(output_dir / "equity.csv")
+    position = pd.Series(main.positions, index=main.equity.index, name="position")
+    pd.concat([main.equity, main.financing, position, *baseline], axis=1).to_csv(output_dir / "equity.csv")
     metrics = {name: r.metrics for name, r in results.items()}
     title = (f"Test split ({test_df.index[cfg.env.window_size - 1]:%Y-%m-%d} .. "
              f"{test_df.index[-1]:%Y-%m-%d}), scenario={'+'.join(cfg.scenario)}")
@@ -216,7 +217,7 @@ def _backtest(cfg, market, backtester, agent, contenders, output_dir, artifacts)
         images = save_plots({n: r.equity for n, r in results.items()}, main.positions,
                             output_dir / "plots", agent.name, periods_per_year(main.equity.index), marks)
         artifacts += images + [html_report(title, metrics, images, main.trades, output_dir / "report.html")]
-    report(metrics, title, output_dir / "summary.json")
+    report(metrics, title, output_dir / "summary.json", marks)
     artifacts.append(output_dir / "summary.json")
     return metrics
 

@@ -24,10 +24,14 @@ def summary_table(metrics_by_agent: dict[str, dict[str, float]], title: str) -> 
     return table
 
 
-def report(metrics_by_agent: dict[str, dict[str, float]], title: str, json_path: Path) -> None:
-    """Print the comparison table and write every metric of every agent to ``json_path``."""
+def report(metrics_by_agent: dict[str, dict[str, float]], title: str, json_path: Path,
+           injected: list | None = None) -> None:
+    """Print the comparison table and write every metric of every agent to ``json_path``, with
+    the (first, last) timestamps of what the scenario ``injected``."""
     Console().print(summary_table(metrics_by_agent, title))
-    json_path.write_text(json.dumps({"title": title, "agents": metrics_by_agent}, indent=2))
+    windows = [[str(first), str(last)] for first, last in injected or []]
+    json_path.write_text(json.dumps({"title": title, "agents": metrics_by_agent, "injected": windows},
+                                    indent=2))
 
 
 def stress_report(table: dict[str, dict[str, dict[str, float]]], agent: str, json_path: Path) -> None:

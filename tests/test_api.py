@@ -169,6 +169,14 @@ def test_prometheus_metrics(api):
     assert 'rltrade_paper_latency_ms{session="demo"}' in text
 
 
+def test_the_server_refuses_to_bind_beyond_loopback_without_a_token():
+    env = {k: v for k, v in os.environ.items() if k != "RLTRADE_API_TOKEN"}
+    result = subprocess.run([sys.executable, "-m", "src.api"], cwd=ROOT, capture_output=True, text=True,
+                            env={**env, "RLTRADE_API_HOST": "0.0.0.0"}, timeout=120)
+    assert result.returncode != 0
+    assert "RLTRADE_API_HOST=0.0.0.0 is beyond loopback; set RLTRADE_API_TOKEN first" in result.stderr
+
+
 @pytest.mark.slow
 def test_job_state_survives_an_api_restart(tmp_path, store):
     """A job started by one API process is followed to its end by the next one (SQLite state and

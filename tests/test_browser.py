@@ -85,6 +85,8 @@ def test_the_dashboard_renders_in_a_real_browser(dashboard, browser, api_url):  
     shot(browser, f"{dashboard}/?page=Runs&compare={compared}", "runs-comparison",
          ".js-plotly-plot", count=2)
     assert "ppo-none" in browser.page_source  # the runs table
+    crash = requests.get(f"{api_url}/runs", params={"scenario": "flash_crash"}).json()["runs"][0]["run_id"]
+    shot(browser, f"{dashboard}/?page=Run&run={crash}", "run-under-flash-crash", ".js-plotly-plot", count=4)
     stressed = requests.get(f"{api_url}/runs", params={"mode": "stress"}).json()["runs"][0]["run_id"]
     shot(browser, f"{dashboard}/?page=Stress&run={stressed}", "stress-heatmap", ".js-plotly-plot")
     shot(browser, f"{dashboard}/?page=Sweeps", "sweep", "[data-testid='stDataFrame']")

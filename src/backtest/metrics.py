@@ -41,6 +41,13 @@ def periods_per_year(index: pd.DatetimeIndex) -> float:
     return (len(index) - 1) * SECONDS_PER_YEAR / (index[-1] - index[0]).total_seconds()
 
 
+def rolling_sharpe(returns: pd.Series, periods: float) -> tuple[pd.Series, int]:
+    """(annualised Sharpe over a trailing window, the window in bars): a tenth of the returns,
+    at most a month of bars (``periods`` / 12), at least 5."""
+    window = max(min(len(returns) // 10, int(periods / 12)), 5)
+    return returns.rolling(window).mean() / returns.rolling(window).std() * np.sqrt(periods), window
+
+
 def max_drawdown(equity: np.ndarray) -> float:
     peak = np.maximum.accumulate(equity)
     return float(np.clip(np.min(equity / peak - 1.0), -1.0, 0.0))

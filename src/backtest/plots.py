@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from src.backtest.metrics import rolling_sharpe  # noqa: E402
+
 Marks = list[tuple[pd.Timestamp, pd.Timestamp]]
 
 
@@ -50,8 +52,7 @@ def save_plots(equity_curves: dict[str, pd.Series], positions: np.ndarray, out_d
     paths.append(_save(fig, ax, out_dir / "position.png", marks))
 
     fig, ax = plt.subplots(figsize=(10, 3))
-    window = max(min(len(returns) // 10, int(periods / 12)), 5)
-    rolling = returns.rolling(window).mean() / returns.rolling(window).std() * np.sqrt(periods)
+    rolling, window = rolling_sharpe(returns, periods)
     ax.plot(rolling.index, rolling.to_numpy(), color="tab:purple")
     ax.axhline(0.0, color="grey", lw=0.5)
     ax.set(title=f"Rolling Sharpe of {highlight} ({window} bars)", ylabel="Sharpe")

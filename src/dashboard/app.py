@@ -7,6 +7,7 @@ Stress (scenario x agent heatmap), Launch (options from the API's /configs, neve
 Paper (sessions, live equity), System (health and the API's Prometheus metrics). A view can be
 linked: ``?page=Runs&compare=<run id>,<run id>``, ``?page=Run&run=<run id>``.
 """
+import io
 import os
 
 import pandas as pd
@@ -14,6 +15,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 import requests
 import streamlit as st
+
+from src.backtest.metrics import periods_per_year, rolling_sharpe
 
 API = os.environ.get("RLTRADE_API_URL", "http://127.0.0.1:8000").rstrip("/")
 PAGES = ("Runs", "Run", "Sweeps", "Stress", "Launch", "Paper", "System")
@@ -109,6 +112,8 @@ def run_page() -> None:
     series = curve(run_id)
     if series is not None:
         trades = pd.DataFrame(api("GET", f"/runs/{run_id}/trades", missing_ok=True) or [])
+        summary = api("GET", f"/runs/{run_id}/artifacts/summary.json", missing_ok=True) or {}
+        windows = summary.get("injected", [])  # the scenario's injected windows, shaded
         figure = go.Figure().add_scatter(x=series.index, y=series.values, name="equity")
         if not trades.empty:
             stamps = pd.to_datetime(trades.timestamp)
@@ -117,14 +122,27 @@ def run_page() -> None:
                 chosen = trades.side == side
                 figure.add_scatter(x=stamps[chosen], y=marks[chosen.to_numpy()].values, mode="markers",
                                    name=side, marker_symbol=symbol, marker_size=9)
-        st.plotly_chart(figure.update_layout(title="Equity and fills"), key="run_equity")
-        st.plotly_chart(px.area(drawdown(series), title="Drawdown"), key="run_drawdown")
+        charts = {"run_equity": figure.update_layout(title="Equity and fills"),
+                  "run_drawdown": px.area(drawdown(series), title="Drawdown")}
+        frame = api("GET", f"/runs/{run_id}/artifacts/equity.csv", missing_ok=True)
+        if isinstance(frame, str) and "position" in frame.splitlines()[0]:
+            positions = pd.read_csv(io.StringIO(frame), index_col=0, parse_dates=True)["position"]
+            charts["run_position"] = px.line(positions, line_shape="hv", title="Position (fraction of equity)")
+        configured = detail["params"].get("backtest.periods_per_year", "None")  # MLflow params are text
+        periods = periods_per_year(series.index) if configured == "None" else float(configured)
+        rolling, window = rolling_sharpe(series.pct_change().dropna(), periods)
+        charts["run_rolling_sharpe"] = px.line(rolling, title=f"Rolling Sharpe ({window} bars)")
+        for key, chart in charts.items():
+            for first, last in windows:
+                chart.add_vrect(x0=first, x1=last, fillcolor="orange", opacity=0.2, line_width=0)
+            st.plotly_chart(chart, key=key)
         if not trades.empty:
             st.dataframe(trades, hide_index=True, key="run_trades")
-    history = api("GET", f"/runs/{run_id}/history/train/reward_per_step", missing_ok=True) or []
-    if history:
-        steps = pd.Series([h["value"] for h in history], index=[int(h["timestamp"]) for h in history])
-        st.plotly_chart(px.line(steps, title="Training reward per step (by frames)"), key="run_training")
+    for key in ("train/reward_per_step", "train/loss_objective", "train/loss_critic", "val/sharpe"):
+        history = api("GET", f"/runs/{run_id}/history/{key}", missing_ok=True) or []
+        if len(history) > 1:
+            steps = pd.Series([h["value"] for h in history], index=[int(h["timestamp"]) for h in history])
+            st.plotly_chart(px.line(steps, title=f"{key} by frames trained"), key=f"run_{key}")
     with st.expander("config"):
         st.json(detail["params"])
     st.caption("artifacts (download):")
