@@ -121,6 +121,7 @@ def test_sweep_configs_and_paper_sessions(api, store):
     assert session["equity"] == pytest.approx(summary["equity"])
     events = api.get("/paper/demo/events", params={"follow": "false"}).text
     assert events.count("event: fill") == summary["trades"] and events.count("event: equity") == 119
+    assert '"latency_ms": ' in events and '"latency_ms": null' not in events
     assert api.get("/paper/nosuch/events").status_code == 404
     assert api.get("/paper/..%2F..%2Fetc%2Fpasswd/events").status_code == 404
 

@@ -278,14 +278,16 @@ def create_app(jobs_dir: Path | None = None, max_jobs: int | None = None) -> Fas
         async def stream():
             last = after
             while True:
-                rows = read_journal(path, "SELECT ts, equity, position FROM equity WHERE ts > ? ORDER BY ts",
+                rows = read_journal(path, "SELECT e.ts, e.equity, e.position, d.latency_ms FROM equity e "
+                                          "LEFT JOIN decisions d ON d.ts = e.ts WHERE e.ts > ? ORDER BY e.ts",
                                     (last,))
                 fills = read_journal(path, "SELECT ts, side, units, price, fee, reason FROM fills WHERE ts > ? "
                                            "ORDER BY ts, rowid", (last,))
                 for ts, side, units, price, fee, reason in fills:
                     yield f"event: fill\ndata: {json.dumps(dict(ts=ts, side=side, units=units, price=price, fee=fee, reason=reason))}\n\n"
-                for ts, value, position in rows:
-                    yield f"event: equity\ndata: {json.dumps(dict(ts=ts, equity=value, position=position))}\n\n"
+                for ts, value, position, latency in rows:
+                    payload = dict(ts=ts, equity=value, position=position, latency_ms=latency)
+                    yield f"event: equity\ndata: {json.dumps(payload)}\n\n"
                     last = ts
                 if not follow:
                     return

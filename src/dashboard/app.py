@@ -251,8 +251,11 @@ def live_equity(session: str) -> None:
         figure.add_scatter(x=stamps, y=equity.equity.reindex(stamps, method="ffill"), mode="markers",
                            name="fills", marker_size=8)
     st.plotly_chart(figure.update_layout(title=f"{session}: equity and fills"), key="paper_equity")
+    lag = (pd.Timestamp.now(tz="UTC") - equity.index[-1]).total_seconds()
+    latency = equity.latency_ms.dropna()
     st.caption(f"position {equity.position.iloc[-1]:+.2f}, equity {equity.equity.iloc[-1]:,.2f}, "
-               f"{len(fills)} fills, last bar {equity.index[-1]:%Y-%m-%d %H:%M}")
+               f"{len(fills)} fills, last bar {equity.index[-1]:%Y-%m-%d %H:%M} (lag {lag:,.0f} s), "
+               f"decision latency p50 {latency.median():.2f} ms / p99 {latency.quantile(0.99):.2f} ms")
 
 
 def event_data(block: str) -> dict:
@@ -265,6 +268,11 @@ def event_data(block: str) -> dict:
 def system_page() -> None:
     st.header("System")
     st.json(api("GET", "/health"))
+    trained = [r for r in api("GET", "/runs", params={"agent": "ppo", "limit": 20})["runs"]]
+    for run in trained[:1]:
+        speed = api("GET", f"/runs/{run['run_id']}/history/train/frames_per_second", missing_ok=True) or []
+        if speed:
+            st.metric(f"training frames/s ({run['name']})", f"{speed[-1]['value']:,.0f}")
     text = api("GET", "/metrics") or ""
     samples = [line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")]
     st.dataframe(pd.DataFrame(samples, columns=["metric", "value"]), hide_index=True, key="system_metrics")
