@@ -273,6 +273,11 @@ def system_page() -> None:
         speed = api("GET", f"/runs/{run['run_id']}/history/train/frames_per_second", missing_ok=True) or []
         if speed:
             st.metric(f"training frames/s ({run['name']})", f"{speed[-1]['value']:,.0f}")
+        system = {k: v for k, v in api("GET", f"/runs/{run['run_id']}")["metrics"].items() if k.startswith("system/")}
+        if system:  # MLflow's system metrics (CPU, memory, GPU where present), when the run logged them
+            st.dataframe(pd.Series(system, name="last value"), key="system_resources")
+        else:
+            st.caption("This run logged no system metrics (MLflow system-metrics logging was off).")
     text = api("GET", "/metrics") or ""
     samples = [line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")]
     st.dataframe(pd.DataFrame(samples, columns=["metric", "value"]), hide_index=True, key="system_metrics")
