@@ -17,9 +17,8 @@ from tests.test_api import free_port, store  # noqa: F401 - the shared store of 
 from tests.test_dashboard import api_url  # noqa: F401 - a real API server on that store
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    not (CHROMIUM and DRIVER), reason="no chromium/chromedriver: `apt-get install chromium chromium-driver` "
-                                      "(.ci/run installs them where apt-get can)")]
+NO_BROWSER = "no chromium/chromedriver: apt-get install chromium chromium-driver (.ci/run does, as root)"
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (CHROMIUM and DRIVER), reason=NO_BROWSER)]
 SHOTS = ROOT / "outputs" / "screenshots"
 
 

@@ -160,6 +160,20 @@ def test_replay_session_is_identical_to_the_backtest_and_resumes(tmp_path):
     assert f"parity: differs at {pd.Timestamp(ts, unit='ms', tz='UTC'):%Y-%m-%d %H:%M}" in out.stdout
 
 
+def test_a_daily_equity_session_is_identical_to_the_backtest(tmp_path, monkeypatch):
+    """Trading days (weekends missing, no timeframe): bars per year come from the session's
+    history, the same for the session and its parity replay."""
+    from src.run import run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    cfg = compose_config(["mode=paper", "data=sample_goog_1d", "env.window_size=20", "agent=sma_cross",
+                          "paper.history_bars=300", "feed.max_bars=80", "paper.panel=false",
+                          "paper.session=goog", f"paper.journal_dir={tmp_path}", "backtest=risk_managed",
+                          "backtest.plots=false"])
+    result = run(cfg, tmp_path / "out")["paper"]
+    assert result["parity"] == "parity: identical" and result["bars"] == 80 and result["trades"] > 0
+
+
 @pytest.mark.slow
 def test_kill_9_then_restart_loses_and_duplicates_nothing(tmp_path):
     paper_cli(tmp_path, *PAPER, "feed.max_bars=120", session="calm")

@@ -59,13 +59,13 @@ class Backtester:
             market.step(self.actions.to_targets(torch.as_tensor(action)))
             equity[k], positions[k] = market.equity[0], market.account[0, 0]
             financing[k] = market.fills[0, kernels.FINANCING]
-            fills += _fills(market.fills[0], df.index[market.t[0]])
+            fills += fill_rows(market.fills[0], df.index[market.t[0]])
             if market.terminated[0] or market.truncated[0]:
                 equity, positions, financing = equity[: k + 1], positions[: k + 1], financing[: k + 1]
                 break
         if close_at_end:
             market.close_positions()
-            fills += _fills(market.fills[0], df.index[market.t[0]])
+            fills += fill_rows(market.fills[0], df.index[market.t[0]])
             equity[-1] = market.equity[0]
         scale = self.cfg.initial_cash
         index = df.index[window - 1 : window - 1 + len(equity)]
@@ -78,7 +78,7 @@ class Backtester:
         return BacktestResult(curve, positions, charged, trades, metrics)
 
 
-def _fills(row: np.ndarray, stamp: pd.Timestamp) -> list[tuple]:
+def fill_rows(row: np.ndarray, stamp: pd.Timestamp) -> list[tuple]:
     """This bar's executions (an order at the open, then perhaps a stop exit in the bar, or the
     closing trade at the end)."""
     out = []

@@ -27,8 +27,9 @@ from src.envs.market import SHORT_SIZE_COLUMN, SIZE_COLUMN, STOP_UNIT_COLUMN
 SIZING = ("none", "fixed_fraction", "vol_target", "kelly")
 
 
-def size_multipliers(df: pd.DataFrame, cfg) -> tuple[np.ndarray, np.ndarray]:
-    """(long, short) size multipliers per bar, both >= 0 (see the module docstring)."""
+def size_multipliers(df: pd.DataFrame, cfg, periods: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(long, short) size multipliers per bar, both >= 0 (see the module docstring); ``periods``:
+    bars per year (None: derived from ``df``'s index)."""
     close = df["$close"]
     if cfg.method == "none":
         ones = np.ones(len(df))
@@ -37,7 +38,7 @@ def size_multipliers(df: pd.DataFrame, cfg) -> tuple[np.ndarray, np.ndarray]:
         fixed = np.full(len(df), float(cfg.fraction))
         return fixed, fixed
     if cfg.method == "vol_target":
-        realised = np.log(close).diff().rolling(cfg.vol_window).std() * np.sqrt(periods_per_year(df.index))
+        realised = np.log(close).diff().rolling(cfg.vol_window).std() * np.sqrt(periods or periods_per_year(df.index))
         size = (cfg.target_vol / realised).replace([np.inf, -np.inf], np.nan).fillna(0.0).to_numpy()
         return size, size
     if cfg.method == "kelly":
@@ -59,7 +60,8 @@ def stop_unit(df: pd.DataFrame, cfg) -> np.ndarray:
 
 
 def with_risk_columns(df: pd.DataFrame, backtest_cfg) -> pd.DataFrame:
-    """``df`` plus ``@size``, ``@short_size`` and ``@stop_unit`` (not observed by agents)."""
-    long_size, short_size = size_multipliers(df, backtest_cfg.sizing)
+    """``df`` plus ``@size``, ``@short_size`` and ``@stop_unit`` (not observed by agents);
+    ``backtest.periods_per_year`` annualises when set (a live session fixes it)."""
+    long_size, short_size = size_multipliers(df, backtest_cfg.sizing, backtest_cfg.get("periods_per_year"))
     return df.assign(**{SIZE_COLUMN: long_size, SHORT_SIZE_COLUMN: short_size,
                         STOP_UNIT_COLUMN: stop_unit(df, backtest_cfg.stops)})

@@ -27,6 +27,8 @@ class Observer:
             features = self.featurize.with_scaler(raw, self.scaler)
         except ValueError:  # fewer bars than the indicators' warm-up
             return None
+        if len(features) < 2:
+            return None
         if feature_columns(features) != self.columns:
             raise ValueError(f"live features {feature_columns(features)} differ from the "
                              f"policy's {self.columns}")

@@ -14,7 +14,7 @@ import json
 import logging
 import signal
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -30,8 +30,8 @@ from rich.table import Table
 from src import registry
 from src.agents.base import Agent
 from src.config_checks import ConfigError
-from src.backtest.engine import TRADE_COLUMNS, _fills
-from src.data.quality import bar_delta
+from src.backtest.engine import fill_rows
+from src.backtest.metrics import periods_per_year
 from src.envs import kernels
 from src.envs.actions import ActionSpace
 from src.envs.torchrl_env import market_rules
@@ -42,7 +42,6 @@ from src.live.testnet import TestnetBroker
 from src.live.observe import Observer
 
 log = logging.getLogger(__name__)
-SECONDS_PER_YEAR = 365.25 * 24 * 3600
 
 
 def session_name(cfg: DictConfig) -> str:
@@ -53,13 +52,14 @@ def journal_path(cfg: DictConfig, session: str) -> Path:
     return Path(cfg.paper.journal_dir) / f"{session}.db"
 
 
-def live_config(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with ``backtest.periods_per_year`` fixed from the timeframe, so the per-bar
-    financing of the session and of its parity replay are the same numbers."""
+def live_config(cfg: DictConfig, journal: Journal) -> DictConfig:
+    """``cfg`` with ``backtest.periods_per_year`` fixed from the session's warm-up history (unless
+    configured), so the per-bar financing of the session, of its resumption and of its parity
+    replay are the same numbers."""
+    history = journal.table("bars").query("history == 1").ts
+    periods = cfg.backtest.periods_per_year or periods_per_year(pd.DatetimeIndex(pd.to_datetime(history, unit="ms", utc=True)))
     out = cfg.copy()
-    step = bar_delta(cfg.data.get("timeframe") or cfg.data.get("freq", "1h").replace("min", "m"))
-    with_periods = OmegaConf.merge(out.backtest, {"periods_per_year": SECONDS_PER_YEAR / step.total_seconds()})
-    out.backtest = with_periods
+    out.backtest = OmegaConf.merge(out.backtest, {"periods_per_year": float(periods)})
     return out
 
 
@@ -82,7 +82,7 @@ class Session:
 
     def __init__(self, cfg: DictConfig, agent: Agent, actions: ActionSpace, featurize, contract: dict,
                  journal: Journal):
-        self.cfg, self.agent, self.actions, self.journal = live_config(cfg), agent, actions, journal
+        self.cfg, self.agent, self.actions, self.journal = live_config(cfg, journal), agent, actions, journal
         self.observer = Observer(featurize, self.cfg.backtest, cfg.env.window_size,
                                  contract["normalize"].get("stats", {}), contract["features"])
         self.capital = float(self.cfg.backtest.initial_cash)
@@ -134,7 +134,7 @@ class Session:
     def _fill(self, rows: pd.DataFrame, ts: int) -> None:
         """Execute the pending target over (decision bar, this bar); journal fills and equity."""
         fills = self.broker.step(self.pending, rows)
-        for stamp, side, units, price, fee, reason, partial in _fills(fills, rows.index[-1]):
+        for stamp, side, units, price, fee, reason, partial in fill_rows(fills, rows.index[-1]):
             kind = "order" if reason == "signal" else "exit"
             self.journal.add_fill(ts, kind, units * self.capital, price, fee * self.capital, reason,
                                   partial, self.decided_at)
@@ -167,7 +167,7 @@ class Session:
             if self.cfg.paper.on_stale == "flatten" and self.broker.units[0] != 0:
                 frame = self.observer.frame(self.raw)
                 fills = self.broker.flatten(frame.iloc[-1:])
-                for _, _, units, price, fee, _, partial in _fills(fills, frame.index[-1]):
+                for _, _, units, price, fee, _, partial in fill_rows(fills, frame.index[-1]):
                     self.journal.add_fill(marker.since, "stale", units * self.capital, price,
                                           fee * self.capital, "stale_flatten", partial, None)
             self.journal.save_state(marker.since, self.broker.state(), None)
@@ -260,7 +260,7 @@ def parity(cfg: DictConfig, journal: Journal, agent: Agent, actions: ActionSpace
            contract: dict) -> Parity:
     """Replay the journaled bars through the backtester (a fresh ``agent`` from the same
     checkpoint or seed) and compare fills and equity with the journal, bit for bit."""
-    cfg = live_config(cfg)
+    cfg = live_config(cfg, journal)
     equity = journal.table("equity")
     decisions = journal.table("decisions")
     if equity.empty:
