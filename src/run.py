@@ -176,10 +176,13 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, float]]:
 
 def _paper(cfg, market, train_env, agent, contract, checkpoint, output_dir) -> dict:
     """``mode=paper``: a paper-trading session of the (trained or loaded) agent."""
+    if not cfg.paper.session:  # named once: the MLflow param and the journal agree
+        cfg = cfg.copy()
+        cfg.paper.session = session.session_name(cfg)
     saved = agent.save(output_dir / "policy.pt", contract)
     policy = Path(checkpoint) if checkpoint else saved
     mlflow.log_params({"paper.checkpoint": str(policy), "paper.feed": cfg.feed.name,
-                       "paper.session": session.session_name(cfg)})
+                       "paper.session": cfg.paper.session})
 
     def fresh_agent():
         built = registry.build("agent", cfg.agent, train_env, seed=cfg.seed)
@@ -187,9 +190,6 @@ def _paper(cfg, market, train_env, agent, contract, checkpoint, output_dir) -> d
             built.load(policy, contract)
         return built, train_env.actions
 
-    if not cfg.paper.session:
-        cfg = cfg.copy()
-        cfg.paper.session = session.session_name(cfg)
     result = session.paper_trade(cfg, market.raw, market.bounds.test, fresh_agent, market.featurize,
                                  contract, policy, output_dir)
     return {"validation": {}, "paper": result}

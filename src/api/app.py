@@ -329,8 +329,9 @@ def create_app(jobs_dir: Path | None = None, max_jobs: int | None = None) -> Fas
 
     @app.get("/metrics")
     def prometheus() -> Response:
+        counts = store.counts()
         for status in ("queued", "running", "finished", "failed", "cancelled"):
-            metrics.jobs.labels(status).set(sum(job.status == status for job in store.all()))
+            metrics.jobs.labels(status).set(counts.get(status, 0))
         for path in paper_dir().glob("*.db"):
             equity = read_journal(path, "SELECT equity FROM equity ORDER BY ts DESC LIMIT 1")
             latency = read_journal(path, "SELECT latency_ms FROM decisions ORDER BY ts DESC LIMIT 1")

@@ -61,7 +61,11 @@ class JobStore:
         return [self._job(row) for row in self.db.execute("SELECT * FROM jobs ORDER BY created DESC")]
 
     def running(self) -> int:
-        return self.db.execute("SELECT count(*) FROM jobs WHERE status = 'running'").fetchone()[0]
+        return self.counts().get("running", 0)
+
+    def counts(self) -> dict[str, int]:
+        """Jobs by status."""
+        return dict(self.db.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
 
     def cancel(self, job_id: str) -> Job | None:
         job = self.get(job_id)

@@ -268,8 +268,7 @@ def event_data(block: str) -> dict:
 def system_page() -> None:
     st.header("System")
     st.json(api("GET", "/health"))
-    trained = [r for r in api("GET", "/runs", params={"agent": "ppo", "limit": 20})["runs"]]
-    for run in trained[:1]:
+    for run in api("GET", "/runs", params={"agent": "ppo", "limit": 1})["runs"]:
         speed = api("GET", f"/runs/{run['run_id']}/history/train/frames_per_second", missing_ok=True) or []
         if speed:
             st.metric(f"training frames/s ({run['name']})", f"{speed[-1]['value']:,.0f}")

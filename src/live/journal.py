@@ -119,6 +119,10 @@ class Journal:
         df = df.drop(columns="history").set_axis(OHLCV, axis=1)
         return df.set_axis(pd.DatetimeIndex(index, name=None), axis=0)
 
+    def traded_bars(self) -> int:
+        """Bars streamed in the session (the warm-up history not counted)."""
+        return self.db.execute("SELECT count(*) FROM bars WHERE history = 0").fetchone()[0]
+
     def table(self, name: str) -> pd.DataFrame:
         return pd.read_sql_query(f"SELECT * FROM {name} ORDER BY ts, rowid", self.db)  # noqa: S608 - fixed names
 

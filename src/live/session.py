@@ -307,7 +307,7 @@ def summary(session: Session, check: Parity, stopped: str, counts: dict) -> dict
     final = float(equity.equity.iloc[-1]) if len(equity) else session.capital
     return {
         "session": session.journal.session, "feed": session.cfg.feed.name, "stopped": stopped,
-        "bars": int(len(session.journal.table("bars").query("history == 0"))),
+        "bars": session.journal.traded_bars(),
         "decisions": int(len(session.journal.table("decisions"))), "trades": int(len(fills)),
         "equity": final, "pnl": final - session.capital, "return": final / session.capital - 1,
         "parity": check.line, "parity_bars": check.bars,
@@ -351,7 +351,7 @@ def paper_trade(cfg: DictConfig, raw: pd.DataFrame, stream_from: int, agent_fact
         session = Session(cfg, agent, actions, featurize, contract, journal)
         max_bars = cfg.feed.max_bars
         if max_bars is not None:  # a resumed session counts the bars it already traded
-            max_bars -= int(len(journal.table("bars").query("history == 0")))
+            max_bars -= journal.traded_bars()
         stopped = asyncio.run(run_feed(session, feed, max_bars, cfg.feed.duration)) if (
             max_bars is None or max_bars > 0) else "max_bars"
         session.flush_metrics()
