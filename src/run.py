@@ -3,8 +3,11 @@
 ``python -m src.run [group=option ...] [key=value ...]``; see conf/config.yaml.
 """
 import random
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -17,7 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from src import registry
 from src.agents.baselines import BuyAndHold, RandomAgent
+from src.agents.calibrate import calibrated
 from src.agents.checkpoint import policy_contract
+from src.agents.resume import TrainingCheckpoints, TrainingInterrupted, checkpoint_dir
 from src.backtest.metrics import periods_per_year
 from src.backtest.plots import html_report, save_plots
 from src.backtest.sizing import with_risk_columns
@@ -129,9 +134,13 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, float]]:
     started = time.perf_counter()
     registry.validate(cfg)
     check_config(cfg)
-    registry.build("resources", cfg.resources)
+    compute = registry.build("resources", cfg.resources)
+    training = TrainingCheckpoints(checkpoint_dir(cfg)) if "training_checkpoints" in cfg.agent else None
     seed_everything(cfg.seed)
     market = Market(cfg)
+    probe = None
+    if cfg.resources.get("calibrate") and not cfg.agent.get("checkpoint"):
+        cfg, probe = calibrated(cfg, market.train(), compute)
     risk = cfg.backtest if cfg.backtest.apply_in_training else None
     train_scenario = cfg.scenario if cfg.stress.train_under_scenario else None
     train_df = market.train(train_scenario)
@@ -142,14 +151,24 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, float]]:
     validation_df = market.validation()
     stored = session.stored_meta(cfg) if cfg.mode == "paper" else {}
     checkpoint = cfg.agent.get("checkpoint") or stored.get("checkpoint")
-    with mlflow_run(cfg, run_name=cfg.run_name, run_id=stored.get("mlflow_run_id")):
+    resumed = training.load() if training is not None and cfg.agent.resume else None
+    run_id = stored.get("mlflow_run_id") or (resumed or {}).get("mlflow_run_id")
+    with mlflow_run(cfg, run_name=cfg.run_name, run_id=run_id) as active:
         mlflow.log_params(market.quality())
+        mlflow.set_tag("resources", compute.label)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        if probe is not None:
+            mlflow.log_table(probe, "calibration.json")
         if checkpoint:
             agent.load(Path(checkpoint), contract)
         else:
-            agent.fit(train_env, _log_metrics, lambda a: backtester.run(a, validation_df).metrics)
+            if training is not None:
+                training.meta["mlflow_run_id"] = active.info.run_id
+            agent.fit(train_env, _log_metrics, lambda a: backtester.run(a, validation_df).metrics,
+                      compute=compute, checkpoints=training)
+            if getattr(agent, "scaling_log", None):
+                mlflow.log_text("\n".join(agent.scaling_log), "ray_scaling.txt")
         if cfg.mode == "paper":
             return _paper(cfg, market, train_env, agent, contract, checkpoint, output_dir)
         contenders = {agent.name: agent}
@@ -240,6 +259,23 @@ def _stress(cfg, market, backtester, agent, contenders, output_dir, artifacts) -
     return table["none"]
 
 
+@contextmanager
+def sigterm_interrupts():
+    """SIGTERM (a scheduler or ``kill`` stopping the run) is handled like Ctrl-C: a checkpoint is
+    written and the MLflow run is marked KILLED."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread (e.g. a Ray worker's job)
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 USER_ERRORS = (DataValidationError, ExchangeConfigError, registry.UnknownComponentError,
                FileNotFoundError, ConfigError)
 
@@ -260,12 +296,21 @@ def main(cfg: DictConfig) -> dict[str, float]:
     """
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        if cfg.mode == "replay_journal":
-            return {"parity_identical": float(session.replay_journal(cfg).identical)}
-        metrics = run(cfg, output_dir)
+        with sigterm_interrupts():
+            if cfg.mode == "replay_journal":
+                return {"parity_identical": float(session.replay_journal(cfg).identical)}
+            metrics = run(cfg, output_dir)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
+    except TrainingInterrupted as stop:
+        where = (f"checkpoint {stop.checkpoint}; rerun the same command with agent.resume=true"
+                 if stop.checkpoint else "no iteration finished, nothing to resume")
+        print(f"interrupted: training stopped, {where}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     return {**{f"val/{k}": v for k, v in metrics["validation"].items()},
             **{f"test/{k}": v for k, v in metrics.get(cfg.agent.name, {}).items()},
             "output_dir": str(output_dir.absolute())}

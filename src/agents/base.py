@@ -17,9 +17,10 @@ class Agent:
     name = "agent"
     frames_trained = 0  # env frames learned from (the MLflow step of end-of-training metrics)
 
-    def fit(self, train_env, log: MetricLogger, evaluate=None) -> None:
+    def fit(self, train_env, log: MetricLogger, evaluate=None, compute=None, checkpoints=None) -> None:
         """Learn from ``train_env`` (a batched TradingEnv); ``evaluate(agent)`` returns validation
-        metrics for model selection. Baselines learn nothing."""
+        metrics for model selection; ``compute`` (src/resources.py) says where, ``checkpoints``
+        (src/agents/resume.py) where training state is saved. Baselines learn nothing."""
 
     def act(self, market: torch.Tensor, account: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

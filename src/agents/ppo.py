@@ -6,7 +6,7 @@ Follows TorchRL's sota-implementations/ppo: collect ``frames_per_batch`` frames,
 validation Sharpe is kept (and training stops after ``patience`` evaluations without progress).
 """
 import copy
-import time
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +16,6 @@ from tensordict import TensorDict
 from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import nn
 from torch.distributions import Categorical
-from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, ReplayBuffer, SamplerWithoutReplacement
 from torchrl.envs import ExplorationType, set_exploration_type
 from torchrl.modules import ProbabilisticActor, TanhNormal, ValueOperator
@@ -25,9 +24,13 @@ from torchrl.objectives.value import GAE
 
 from src.agents.base import Agent, MetricLogger
 from src.agents.checkpoint import check_contract
+from src.agents.collection import RayCollection, WorkerScaler, local_collector, worker_counts
 from src.agents.models import build_network
+from src.agents.monitor import Monitor
+from src.agents.resume import TrainingCheckpoints, TrainingInterrupted, TrainingProgress
 from src.envs.actions import ActionSpace
 from src.registry import register
+from src.resources import Compute
 
 OBS_KEYS = ["market", "account"]
 Evaluator = Callable[[Agent], dict[str, float]]  # agent -> validation metrics
@@ -47,6 +50,7 @@ class _WithParams(nn.Module):
 class PPOAgent(Agent):
     name = "ppo"
     frames_trained = 0
+    scaling_log: list[str]  # the Ray worker-count changes of the last fit, with their reasons
 
     def __init__(self, cfg, window_size: int, n_features: int, actions: ActionSpace, spec, seed: int):
         self.cfg, self.seed, self.actions = cfg, seed, actions
@@ -68,13 +72,20 @@ class PPOAgent(Agent):
                 return_log_prob=True)
         self.critic = ValueOperator(network(1), in_keys=OBS_KEYS)
 
-    def fit(self, train_env, log: MetricLogger, evaluate: Evaluator | None = None) -> None:
+    def fit(self, train_env, log: MetricLogger, evaluate: Evaluator | None = None,
+            compute: Compute | None = None, checkpoints: TrainingCheckpoints | None = None) -> None:
+        """Train on ``train_env`` with ``compute`` (default: this process's CPU). With
+        ``checkpoints``, the training state is written there every
+        ``checkpoint_every`` iterations and on Ctrl-C/SIGTERM (then ``TrainingInterrupted`` is
+        raised); with ``agent.resume`` training continues from the checkpoint found there."""
         cfg = self.cfg
+        self.scaling_log = []
+        compute = compute or Compute(torch.device("cpu"), torch.get_num_threads())
         _check_batch_sizes(cfg, train_env.batch_size[0])
+        self.actor.to(compute.device)
+        self.critic.to(compute.device)
         torch.manual_seed(self.seed)
         train_env.set_seed(self.seed)
-        collector = Collector(train_env, self.actor, frames_per_batch=cfg.frames_per_batch,
-                              total_frames=cfg.total_frames, auto_register_policy_transforms=False)
         advantage = GAE(gamma=cfg.gamma, lmbda=cfg.gae_lambda, value_network=self.critic,
                         average_gae=False)
         loss_fn = ClipPPOLoss(self.actor, self.critic, clip_epsilon=cfg.clip_epsilon,
@@ -84,72 +95,168 @@ class PPOAgent(Agent):
         n_iterations = max(cfg.total_frames // cfg.frames_per_batch, 1)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda i: 1.0 - i / n_iterations if cfg.anneal_lr else 1.0)
-        buffer = ReplayBuffer(storage=LazyTensorStorage(cfg.frames_per_batch),
-                              sampler=SamplerWithoutReplacement(), batch_size=cfg.minibatch_size)
-        steps_per_epoch = cfg.frames_per_batch // cfg.minibatch_size
         best = _BestPolicy(cfg.patience)
-        frames, start = 0, time.perf_counter()
-        with _progress(cfg.progress) as progress:
-            task = progress.add_task("PPO training", total=cfg.total_frames)
-            for iteration, batch in enumerate(collector, start=1):
-                frames += batch.numel()
-                for epoch in range(cfg.num_epochs):
-                    if epoch == 0 or cfg.recompute_advantage:
-                        with torch.no_grad():
-                            advantage(batch)
-                        buffer.extend(batch.exclude("next").reshape(-1))  # the loss needs no next obs
-                    for _ in range(steps_per_epoch):
-                        losses = loss_fn(buffer.sample())
-                        total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
-                        optimizer.zero_grad()
-                        total.backward()
-                        torch.nn.utils.clip_grad_norm_(loss_fn.parameters(), cfg.max_grad_norm)
-                        optimizer.step()
-                schedule.step()
-                collector.update_policy_weights_()
-                metrics = {
-                    "train/reward_per_step": batch["next", "reward"].mean().item(),
-                    "train/loss_objective": losses["loss_objective"].item(),
-                    "train/loss_critic": losses["loss_critic"].item(),
-                    "train/entropy": losses["entropy"].item(),
-                    "train/lr": schedule.get_last_lr()[0],
-                    "train/frames_per_second": frames / (time.perf_counter() - start),
-                }
-                if evaluate is not None and (iteration % cfg.eval_every == 0 or iteration == n_iterations):
-                    validation = evaluate(self)
-                    metrics.update({f"val/{k}": v for k, v in validation.items()})
-                    best.update(validation["sharpe"], self.actor, iteration)
-                log(metrics, frames)
-                progress.update(task, completed=frames, description=(
-                    f"PPO  reward/step {metrics['train/reward_per_step']:+.1e}  best val Sharpe "
-                    f"{best.score:+.2f}"))
-                if best.exhausted:
-                    break
-        collector.shutdown()
-        self.frames_trained = frames
+        buffer = ReplayBuffer(storage=LazyTensorStorage(cfg.frames_per_batch, device=compute.device),
+                              sampler=SamplerWithoutReplacement(), batch_size=cfg.minibatch_size)
+        store = checkpoints
+        progress = TrainingProgress()
+        resumed = store.load() if store is not None and cfg.resume else None
+        if resumed is not None:
+            _restore(resumed, self, optimizer, schedule, best, buffer, train_env, progress)
+        collection = self._collection(train_env, cfg.total_frames - progress.frames, compute)
+        if resumed is not None:
+            torch.set_rng_state(resumed["torch_rng"])
+        steps_per_epoch = cfg.frames_per_batch // cfg.minibatch_size
+        monitor = Monitor(compute.device)
+        snapshot = None
+        try:
+            with _progress(cfg.progress) as bar:
+                task = bar.add_task("PPO training", total=cfg.total_frames, completed=progress.frames)
+                monitor.start()
+                for batch in collection:
+                    progress.iteration += 1
+                    progress.frames += batch.numel()
+                    collected = monitor.lap()
+                    for epoch in range(cfg.num_epochs):
+                        if epoch == 0 or cfg.recompute_advantage:
+                            with torch.no_grad():
+                                advantage(batch)
+                            buffer.extend(batch.exclude("next").reshape(-1))  # the loss needs no next obs
+                        for _ in range(steps_per_epoch):
+                            losses = loss_fn(buffer.sample())
+                            total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
+                            optimizer.zero_grad()
+                            total.backward()
+                            torch.nn.utils.clip_grad_norm_(loss_fn.parameters(), cfg.max_grad_norm)
+                            optimizer.step()
+                    schedule.step()
+                    collection.update_policy_weights_()
+                    metrics = {
+                        "train/reward_per_step": batch["next", "reward"].mean().item(),
+                        "train/loss_objective": losses["loss_objective"].item(),
+                        "train/loss_critic": losses["loss_critic"].item(),
+                        "train/entropy": losses["entropy"].item(),
+                        "train/lr": schedule.get_last_lr()[0],
+                        **monitor.iteration(batch.numel(), collected, monitor.lap()),
+                    }
+                    if evaluate is not None and (progress.iteration % cfg.eval_every == 0
+                                                 or progress.iteration == n_iterations):
+                        validation = evaluate(self)
+                        metrics.update({f"val/{k}": v for k, v in validation.items()})
+                        best.update(validation["sharpe"], self.actor, progress.iteration)
+                    metrics.update(self._scale(collection, metrics))
+                    log(metrics, progress.frames)
+                    bar.update(task, completed=progress.frames, description=(
+                        f"PPO  reward/step {metrics['train/reward_per_step']:+.1e}  best val Sharpe "
+                        f"{best.score:+.2f}  {metrics['perf/frames_per_second']:,.0f} frames/s  "
+                        f"RSS {metrics['perf/rss_gb']:.1f} GB"))
+                    if store is not None:
+                        snapshot = _snapshot(self, optimizer, schedule, best, buffer, train_env, progress)
+                        if progress.iteration % cfg.checkpoint_every == 0:
+                            store.save(snapshot)
+                    monitor.lap()  # evaluation and checkpoints are not collection time
+                    if best.exhausted:
+                        break
+        except KeyboardInterrupt:
+            if store is None:
+                raise
+            if snapshot is not None:
+                store.save(snapshot)
+            raise TrainingInterrupted(store.path if store.path.is_file() else None) from None
+        finally:
+            collection.shutdown()
+        self.frames_trained = progress.frames
         if best.state is not None:
             self.actor.load_state_dict(best.state)
-            log({"val/best_sharpe": best.score, "val/best_iteration": best.iteration}, frames)
+            log({"val/best_sharpe": best.score, "val/best_iteration": best.iteration}, progress.frames)
+
+    def _collection(self, train_env, frames: int, compute: Compute):
+        """The collector of this run: local, or Ray workers (``resources=ray``)."""
+        cfg = self.cfg
+        if compute.ray is None:
+            return local_collector(train_env, self.actor, cfg.frames_per_batch, frames, compute)
+        if train_env.recipe is None:
+            raise ValueError("resources=ray needs an env built by the registry (env.recipe)")
+        collection = RayCollection(train_env.recipe, self.actor, cfg.frames_per_batch, frames,
+                                   compute, train_env.batch_size[0], self.seed)
+        settings = compute.ray
+        if settings.autoscale:
+            allowed = worker_counts(train_env.batch_size[0], settings.min_workers, settings.max_workers)
+            collection.scaler = WorkerScaler(collection.workers, allowed, settings.scale_threshold,
+                                             settings.scale_every)
+        return collection
+
+    def _scale(self, collection, metrics: dict) -> dict:
+        """Ray only: the worker count, changed when the scaler decides (the reason is printed)."""
+        if not isinstance(collection, RayCollection):
+            return {}
+        scaler = getattr(collection, "scaler", None)
+        decision = scaler.observe(metrics["perf/frames_per_second"]) if scaler else None
+        if decision is not None:
+            workers, reason = decision
+            line = f"ray workers: {collection.workers} -> {workers}: {reason}"
+            print(line, file=sys.stderr)
+            self.scaling_log.append(line)
+            collection.restart(workers)
+        return {"perf/ray_workers": collection.workers}
 
     @torch.no_grad()
     def act(self, market: torch.Tensor, account: torch.Tensor) -> torch.Tensor:
         """The distribution's mode: the backtest is deterministic."""
-        observation = TensorDict({"market": market, "account": account}, batch_size=market.shape[:1])
+        device = next(self.actor.parameters()).device
+        observation = TensorDict({"market": market, "account": account},
+                                 batch_size=market.shape[:1]).to(device)
         with set_exploration_type(ExplorationType.DETERMINISTIC):
-            return self.actor(observation)["action"]
+            return self.actor(observation)["action"].cpu()
 
     def save(self, path: Path, contract: dict) -> Path:
-        torch.save({"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+        torch.save({"actor": _cpu(self.actor.state_dict()), "critic": _cpu(self.critic.state_dict()),
                     "contract": contract}, path)
         return path
 
     def load(self, path: Path, contract: dict) -> None:
         if not Path(path).is_file():
             raise FileNotFoundError(f"agent.checkpoint={path}: no such file")
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True, map_location=next(self.actor.parameters()).device)
         check_contract(state.get("contract"), contract, str(path))
         self.actor.load_state_dict(state["actor"])
         self.critic.load_state_dict(state["critic"])
+
+
+def _cpu(state: dict) -> dict:
+    """A copy of a state dict with its tensors on the CPU (checkpoints load on any machine)."""
+    return {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v
+            for k, v in state.items()}
+
+
+def _snapshot(agent: PPOAgent, optimizer, schedule, best: "_BestPolicy", buffer, env,
+              progress: TrainingProgress) -> dict:
+    """Everything training needs to continue exactly from the end of this iteration."""
+    return {"iteration": progress.iteration, "frames": progress.frames,
+            "actor": _cpu(agent.actor.state_dict()), "critic": _cpu(agent.critic.state_dict()),
+            "optimizer": copy.deepcopy(optimizer.state_dict()), "schedule": schedule.state_dict(),
+            "best": {"score": best.score, "iteration": best.iteration, "stale": best.stale,
+                     "state": best.state},
+            "sampler": copy.deepcopy(buffer.sampler.state_dict()),  # holds the next permutation
+            "env": env.market.state(), "torch_rng": torch.get_rng_state()}
+
+
+def _restore(state: dict, agent: PPOAgent, optimizer, schedule, best: "_BestPolicy", buffer, env,
+             progress: TrainingProgress) -> None:
+    """Load a ``_snapshot`` into freshly built training parts (the env continues at the next
+    reset, which the collector makes when it is built)."""
+    progress.iteration, progress.frames = state["iteration"], state["frames"]
+    agent.actor.load_state_dict(state["actor"])
+    agent.critic.load_state_dict(state["critic"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    saved = state["best"]
+    best.score, best.iteration, best.stale, best.state = (saved["score"], saved["iteration"],
+                                                           saved["stale"], saved["state"])
+    buffer.sampler.load_state_dict(state["sampler"])
+    env.resume_from(state["env"])
+    print(f"resuming training at iteration {progress.iteration} ({progress.frames:,} frames)",
+          file=sys.stderr)
 
 
 class _BestPolicy:

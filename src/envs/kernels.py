@@ -26,7 +26,7 @@ Rewards (``reward_kind``): 0 log return of equity; 1 differential Sharpe ratio (
 drawdown from the episode's equity peak.
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 MIN_EQUITY = 1e-12  # equity is clamped here inside the log reward when an env is wiped out
 LOG_RETURN, DIFFERENTIAL_SHARPE, DRAWDOWN_PENALTY = 0, 1, 2
@@ -216,6 +216,82 @@ def _sized_target(i, target, bars, t, rules, risk):
     return sized
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _step_env(i, targets, bars, features, window, rules, auto_reset, rng_state, start_low, start_high,
+              t, cash, units, requested, equity, steps, stats, risk, obs, account, reward,
+              terminated, truncated, fills):
+    """Advance env i one bar (see ``step_envs``)."""
+    last_bar = bars.shape[0] - 1
+    now, nxt = t[i], t[i] + 1
+    o, h, l, c = bars[nxt, OPEN], bars[nxt, HIGH], bars[nxt, LOW], bars[nxt, CLOSE]
+    last_volume, slip_scale, fee_scale = bars[now, VOLUME], bars[nxt, SLIPPAGE_SCALE], bars[nxt, FEE_SCALE]
+    previous_equity = equity[i]
+    fills[i, :] = 0.0
+    entered = False  # a position opened (or flipped) at this bar's open
+    target = targets[i]
+    if risk[i, PAUSE_LEFT] > 0:  # the drawdown breaker holds the account flat
+        risk[i, PAUSE_LEFT] -= 1
+        target = 0.0
+    sized = _sized_target(i, target, bars, now, rules, risk)
+    if abs(sized - requested[i]) > rules[REBALANCE] or (sized == 0.0 and units[i] != 0.0):
+        traded = _order_units(rules, sized, units[i], cash[i] + units[i] * o, o, last_volume,
+                              slip_scale, fee_scale)
+        cap = rules[MAX_PARTICIPATION] * last_volume / rules[CAPITAL]
+        partial = rules[MAX_PARTICIPATION] > 0 and abs(traded) > cap
+        if partial:
+            traded = np.sign(traded) * cap
+        if traded != 0.0:
+            before = units[i]
+            price, fee = _fill(rules, traded, o, last_volume, slip_scale, fee_scale)
+            cash[i] -= traded * price + fee
+            units[i] += traded
+            fills[i, ENTRY_PRICE], fills[i, ENTRY_UNITS], fills[i, ENTRY_FEE] = price, traded, fee
+            fills[i, PARTIAL] = 1.0 if partial else 0.0
+            if units[i] != 0.0 and (before == 0.0 or np.sign(before) != np.sign(units[i])):
+                unit = bars[now, STOP_UNIT]
+                entered = True
+                risk[i, ENTRY], risk[i, EXTREME] = price, price
+                risk[i, STOP_DIST] = rules[STOP_LOSS] * unit
+                risk[i, TAKE_DIST] = rules[TAKE_PROFIT] * unit
+                risk[i, TRAIL_DIST] = rules[TRAILING] * unit
+        if not partial or rules[CARRY] == 0.0:
+            requested[i] = sized
+    if units[i] != 0.0 and (rules[STOP_LOSS] > 0 or rules[TAKE_PROFIT] > 0 or rules[TRAILING] > 0):
+        exit_price, reason = _stop_exit(units[i], risk[i], o, h, l, entered)
+        if reason != NO_EXIT:
+            traded = -units[i]
+            price, fee = _fill(rules, traded, exit_price, last_volume, slip_scale, fee_scale)
+            cash[i] -= traded * price + fee
+            units[i] = 0.0
+            requested[i] = 0.0  # the account is flat: an unchanged target asks to re-enter
+            if rules[REENTER] == REENTER_SIGNAL:
+                risk[i, STOPPED] = -np.sign(traded)
+            fills[i, EXIT_PRICE], fills[i, EXIT_UNITS], fills[i, EXIT_FEE] = price, traded, fee
+            fills[i, EXIT_REASON] = reason
+        else:
+            risk[i, EXTREME] = max(risk[i, EXTREME], h) if units[i] > 0 else min(risk[i, EXTREME], l)
+    financing = rules[BORROW] * max(-units[i], 0.0) * c + rules[FUNDING] * max(-cash[i], 0.0)
+    cash[i] -= financing
+    fills[i, FINANCING] = financing
+    t[i] = nxt
+    steps[i] += 1
+    equity[i] = cash[i] + units[i] * c
+    if rules[DRAWDOWN_LIMIT] > 0:
+        risk[i, BREAKER_PEAK] = max(risk[i, BREAKER_PEAK], equity[i])
+        if equity[i] < risk[i, BREAKER_PEAK] * (1.0 - rules[DRAWDOWN_LIMIT]):
+            risk[i, PAUSE_LEFT] = max(rules[PAUSE_BARS], 1.0)
+            risk[i, BREAKER_PEAK] = equity[i]
+    reward[i] = _reward(int(rules[REWARD_KIND]), rules[REWARD_PARAM], previous_equity,
+                        equity[i], stats, i)
+    terminated[i] = equity[i] < rules[EQUITY_FLOOR]
+    truncated[i] = (steps[i] >= rules[EPISODE_LENGTH] or nxt >= last_bar) and not terminated[i]
+    if auto_reset and (terminated[i] or truncated[i]):
+        _reset_env(i, _draw_start(rng_state, i, start_low, start_high), bars, features,
+                   window, t, cash, units, requested, equity, steps, stats, risk, obs, account)
+    else:
+        _write_obs(i, nxt, features, window, units, c, equity, obs, account)
+
+
 @njit(cache=True, error_model="numpy")
 def step_envs(targets, bars, features, window, rules, auto_reset, rng_state, start_low, start_high,
               t, cash, units, requested, equity, steps, stats, risk, obs, account, reward,
@@ -229,76 +305,22 @@ def step_envs(targets, bars, features, window, rules, auto_reset, rng_state, sta
     bar in [start_low, start_high) and ``obs`` holds its new episode's first window; without it
     the caller must reset finished envs before stepping them again.
     """
-    last_bar = bars.shape[0] - 1
     for i in range(targets.shape[0]):
-        now, nxt = t[i], t[i] + 1
-        o, h, l, c = bars[nxt, OPEN], bars[nxt, HIGH], bars[nxt, LOW], bars[nxt, CLOSE]
-        last_volume, slip_scale, fee_scale = bars[now, VOLUME], bars[nxt, SLIPPAGE_SCALE], bars[nxt, FEE_SCALE]
-        previous_equity = equity[i]
-        fills[i, :] = 0.0
-        entered = False  # a position opened (or flipped) at this bar's open
-        target = targets[i]
-        if risk[i, PAUSE_LEFT] > 0:  # the drawdown breaker holds the account flat
-            risk[i, PAUSE_LEFT] -= 1
-            target = 0.0
-        sized = _sized_target(i, target, bars, now, rules, risk)
-        if abs(sized - requested[i]) > rules[REBALANCE] or (sized == 0.0 and units[i] != 0.0):
-            traded = _order_units(rules, sized, units[i], cash[i] + units[i] * o, o, last_volume,
-                                  slip_scale, fee_scale)
-            cap = rules[MAX_PARTICIPATION] * last_volume / rules[CAPITAL]
-            partial = rules[MAX_PARTICIPATION] > 0 and abs(traded) > cap
-            if partial:
-                traded = np.sign(traded) * cap
-            if traded != 0.0:
-                before = units[i]
-                price, fee = _fill(rules, traded, o, last_volume, slip_scale, fee_scale)
-                cash[i] -= traded * price + fee
-                units[i] += traded
-                fills[i, ENTRY_PRICE], fills[i, ENTRY_UNITS], fills[i, ENTRY_FEE] = price, traded, fee
-                fills[i, PARTIAL] = 1.0 if partial else 0.0
-                if units[i] != 0.0 and (before == 0.0 or np.sign(before) != np.sign(units[i])):
-                    unit = bars[now, STOP_UNIT]
-                    entered = True
-                    risk[i, ENTRY], risk[i, EXTREME] = price, price
-                    risk[i, STOP_DIST] = rules[STOP_LOSS] * unit
-                    risk[i, TAKE_DIST] = rules[TAKE_PROFIT] * unit
-                    risk[i, TRAIL_DIST] = rules[TRAILING] * unit
-            if not partial or rules[CARRY] == 0.0:
-                requested[i] = sized
-        if units[i] != 0.0 and (rules[STOP_LOSS] > 0 or rules[TAKE_PROFIT] > 0 or rules[TRAILING] > 0):
-            exit_price, reason = _stop_exit(units[i], risk[i], o, h, l, entered)
-            if reason != NO_EXIT:
-                traded = -units[i]
-                price, fee = _fill(rules, traded, exit_price, last_volume, slip_scale, fee_scale)
-                cash[i] -= traded * price + fee
-                units[i] = 0.0
-                requested[i] = 0.0  # the account is flat: an unchanged target asks to re-enter
-                if rules[REENTER] == REENTER_SIGNAL:
-                    risk[i, STOPPED] = -np.sign(traded)
-                fills[i, EXIT_PRICE], fills[i, EXIT_UNITS], fills[i, EXIT_FEE] = price, traded, fee
-                fills[i, EXIT_REASON] = reason
-            else:
-                risk[i, EXTREME] = max(risk[i, EXTREME], h) if units[i] > 0 else min(risk[i, EXTREME], l)
-        financing = rules[BORROW] * max(-units[i], 0.0) * c + rules[FUNDING] * max(-cash[i], 0.0)
-        cash[i] -= financing
-        fills[i, FINANCING] = financing
-        t[i] = nxt
-        steps[i] += 1
-        equity[i] = cash[i] + units[i] * c
-        if rules[DRAWDOWN_LIMIT] > 0:
-            risk[i, BREAKER_PEAK] = max(risk[i, BREAKER_PEAK], equity[i])
-            if equity[i] < risk[i, BREAKER_PEAK] * (1.0 - rules[DRAWDOWN_LIMIT]):
-                risk[i, PAUSE_LEFT] = max(rules[PAUSE_BARS], 1.0)
-                risk[i, BREAKER_PEAK] = equity[i]
-        reward[i] = _reward(int(rules[REWARD_KIND]), rules[REWARD_PARAM], previous_equity,
-                            equity[i], stats, i)
-        terminated[i] = equity[i] < rules[EQUITY_FLOOR]
-        truncated[i] = (steps[i] >= rules[EPISODE_LENGTH] or nxt >= last_bar) and not terminated[i]
-        if auto_reset and (terminated[i] or truncated[i]):
-            _reset_env(i, _draw_start(rng_state, i, start_low, start_high), bars, features,
-                       window, t, cash, units, requested, equity, steps, stats, risk, obs, account)
-        else:
-            _write_obs(i, nxt, features, window, units, c, equity, obs, account)
+        _step_env(i, targets, bars, features, window, rules, auto_reset, rng_state, start_low,
+                  start_high, t, cash, units, requested, equity, steps, stats, risk, obs, account,
+                  reward, terminated, truncated, fills)
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def step_envs_parallel(targets, bars, features, window, rules, auto_reset, rng_state, start_low,
+                       start_high, t, cash, units, requested, equity, steps, stats, risk, obs,
+                       account, reward, terminated, truncated, fills):
+    """``step_envs`` with the envs spread over numba's threads (``numba.set_num_threads``). Envs
+    share no state, so the result is bit-identical for any thread count."""
+    for i in prange(targets.shape[0]):
+        _step_env(i, targets, bars, features, window, rules, auto_reset, rng_state, start_low,
+                  start_high, t, cash, units, requested, equity, steps, stats, risk, obs, account,
+                  reward, terminated, truncated, fills)
 
 
 @njit(cache=True, error_model="numpy")

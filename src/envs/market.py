@@ -18,6 +18,7 @@ REWARDS = {"log_return": kernels.LOG_RETURN, "differential_sharpe": kernels.DIFF
 # unit, fee and slippage multipliers
 SIZE_COLUMN, SHORT_SIZE_COLUMN, STOP_UNIT_COLUMN, FEE_SCALE_COLUMN, SLIPPAGE_SCALE_COLUMN = (
     "@size", "@short_size", "@stop_unit", "@fee_scale", "@slippage_scale")
+PARALLEL_MIN_ENVS = 16  # from this many envs a step is spread over numba's threads
 REENTER = {"next_bar": kernels.REENTER_NEXT_BAR, "signal": kernels.REENTER_SIGNAL}
 
 
@@ -143,11 +144,24 @@ class VectorMarket:
 
     def step(self, targets: np.ndarray) -> None:
         """Move every env one bar towards ``targets`` (N,) float64, fractions of equity."""
-        kernels.step_envs(
+        step = kernels.step_envs_parallel if self.num_envs >= PARALLEL_MIN_ENVS else kernels.step_envs
+        step(
             targets, self.bars, self._flat_features, self.window, self._rules, self.auto_reset,
             self.rng_state, self.start_low, self.start_high, self.t, self.cash, self.units,
             self.requested, self.equity, self.steps, self.stats, self.risk, self._flat_obs,
             self.account, self.reward, self.terminated, self.truncated, self.fills)
+
+    STATE = ("t", "steps", "starts", "cash", "units", "requested", "equity", "stats", "fills",
+             "risk", "reward", "terminated", "truncated", "obs", "account", "rng_state")
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Copies of every array that evolves (a training checkpoint's env state)."""
+        return {name: getattr(self, name).copy() for name in self.STATE}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Continue from ``state`` (from ``state()`` of a market with the same shapes), in place."""
+        for name in self.STATE:
+            getattr(self, name)[...] = state[name]
 
     def close_positions(self) -> None:
         """Close every open position at its current bar's close, charged like any exit (the end

@@ -5,6 +5,8 @@ Observation keys: ``market`` (N, window_size, n_features) float32 and ``account`
 share memory with the kernel's numpy arrays; only the outputs handed to TorchRL are copied.
 Finished envs are reset by TorchRL's partial ``_reset`` mask, which the numba reset kernel applies.
 """
+import functools
+
 import pandas as pd
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -28,6 +30,8 @@ class TradingEnv(EnvBase):
     def __init__(self, market: VectorMarket, actions: ActionSpace):
         super().__init__(batch_size=torch.Size([market.num_envs]), device="cpu")
         self.market, self.actions = market, actions
+        self.recipe = None  # (seed=, num_envs=) -> a TradingEnv like this one (Ray workers build theirs)
+        self._resume_state = None
         n, w, f = market.obs.shape
         self._obs = torch.from_numpy(market.obs)  # shares memory with the kernel's buffers
         self._account = torch.from_numpy(market.account)
@@ -51,11 +55,21 @@ class TradingEnv(EnvBase):
     def _observation(self) -> dict:
         return {"market": self._obs.clone(), "account": self._account.clone()}
 
+    def resume_from(self, state: dict) -> None:
+        """The next full reset continues from ``state`` (``market.state()`` of a checkpoint)
+        instead of starting new episodes: a collector built on this env picks up where a
+        checkpointed one stopped."""
+        self._resume_state = state
+
     def _reset(self, tensordict: TensorDictBase | None, **kwargs) -> TensorDictBase:
         mask = None
         if tensordict is not None and "_reset" in tensordict.keys():
             mask = tensordict["_reset"].reshape(-1).numpy()
-        self.market.reset(mask)
+        if mask is None and self._resume_state is not None:
+            self.market.load_state(self._resume_state)
+            self._resume_state = None
+        else:
+            self.market.reset(mask)
         done = torch.zeros(self.batch_size + (1,), dtype=torch.bool)
         return TensorDict({**self._observation(), "done": done, "terminated": done.clone(),
                            "truncated": done.clone()}, batch_size=self.batch_size)
@@ -102,4 +116,6 @@ def build_trading_env(cfg, df: pd.DataFrame, seed: int, num_envs: int | None = N
     ``risk``: the ``backtest`` group, to train under its execution and risk rules)."""
     market = VectorMarket(df, feature_columns(df), num_envs or cfg.num_envs, cfg.window_size,
                           market_rules(cfg, risk, df.index), seed=seed)
-    return TradingEnv(market, action_space(cfg))
+    env = TradingEnv(market, action_space(cfg))
+    env.recipe = functools.partial(build_trading_env, cfg, df, risk=risk)
+    return env

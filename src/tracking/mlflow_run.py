@@ -4,9 +4,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import mlflow
+from mlflow.entities import RunStatus
 from omegaconf import DictConfig, OmegaConf
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow_runs/mlflow.db"
+SYSTEM_METRICS_SECONDS = 2  # MLflow's CPU/memory/GPU sampling interval (system/* metrics)
 SECRET_MARKERS = ("key", "secret", "password", "token", "credential")
 
 
@@ -59,19 +61,28 @@ def use_tracking_uri(configured: str | None = None) -> str:
 
 @contextmanager
 def mlflow_run(cfg: DictConfig, run_name: str, run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
-    """Open the run for this job; a failing job is recorded as FAILED, never left half-open.
+    """Open the run for this job; a failing job is recorded as FAILED, an interrupted one
+    (Ctrl-C, SIGTERM) as KILLED, never left half-open. MLflow samples CPU, memory and (where
+    one exists) GPU use into ``system/*`` metrics while the run is open.
 
     With ``mlflow.parent_run_id`` set (a sweep), the run is nested under that run (which may be
     the active run of this process: a sweep's test of its best trial). ``run_id`` reopens that
     run (a resumed paper session) instead of starting one."""
     use_tracking_uri(cfg.mlflow.tracking_uri)
+    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_SECONDS)
+    mlflow.set_system_metrics_samples_before_logging(1)
     if run_id:
-        with mlflow.start_run(run_id=run_id) as run:
+        opened = mlflow.start_run(run_id=run_id, log_system_metrics=True)
+    else:
+        parent = cfg.mlflow.get("parent_run_id")
+        opened = mlflow.start_run(experiment_id=experiment_id(cfg.mlflow.experiment), run_name=run_name,
+                                  tags={"mlflow.parentRunId": parent} if parent else None,
+                                  nested=mlflow.active_run() is not None, log_system_metrics=True)
+    with opened as run:
+        if not run_id:
+            mlflow.log_params(flatten_params(cfg))
+        try:
             yield run
-        return
-    parent = cfg.mlflow.get("parent_run_id")
-    tags = {"mlflow.parentRunId": parent} if parent else None
-    with mlflow.start_run(experiment_id=experiment_id(cfg.mlflow.experiment), run_name=run_name,
-                          tags=tags, nested=mlflow.active_run() is not None) as run:
-        mlflow.log_params(flatten_params(cfg))
-        yield run
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the run was stopped, not broken
+            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+            raise

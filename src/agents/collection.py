@@ -1,0 +1,157 @@
+"""Experience collection for PPO: TorchRL's ``Collector`` in this process, or its Ray-based
+``RayCollector`` (``resources=ray``) with each worker stepping its own numba env batch.
+
+Both yield batches of shape (num_envs, steps) on the learner's device, so the learner does not
+know where the frames came from. On Ray, ``env.num_envs`` envs are split evenly over the workers
+(worker k's envs are seeded from ``seed`` and k through the collector's seed chain), and
+``WorkerScaler`` changes the worker count between iterations while throughput rises.
+"""
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from tensordict import TensorDictBase
+from torchrl.collectors import Collector
+
+from src.resources import Compute
+
+
+def local_collector(env, policy, frames_per_batch: int, total_frames: int, compute: Compute) -> Collector:
+    """One collector over ``env`` here: the env on the CPU, the policy and the frames on the
+    learner's device (TorchRL moves each step's observation once)."""
+    return Collector(env, policy, frames_per_batch=frames_per_batch, total_frames=total_frames,
+                     env_device="cpu", policy_device=compute.device, storing_device=compute.device,
+                     auto_register_policy_transforms=False)
+
+
+def worker_counts(num_envs: int, low: int, high: int) -> list[int]:
+    """Worker counts in [low, high] that split ``num_envs`` envs evenly."""
+    counts = [w for w in range(low, high + 1) if num_envs % w == 0]
+    if not counts:
+        raise ValueError(f"env.num_envs={num_envs} cannot be split evenly over {low}..{high} Ray "
+                         "workers; choose a num_envs divisible by resources.ray.num_workers")
+    return counts
+
+
+class RayCollection:
+    """Batches from ``workers`` Ray actors, each a TorchRL ``Collector`` over ``num_envs / workers``
+    envs built by ``env_recipe(seed=..., num_envs=...)`` (a picklable factory). ``restart(w)``
+    replaces the actors by ``w`` fresh ones (their envs start new episodes)."""
+
+    def __init__(self, env_recipe, policy, frames_per_batch: int, total_frames: int,
+                 compute: Compute, num_envs: int, seed: int):
+        self.recipe, self.policy, self.compute = env_recipe, policy, compute
+        self.frames_per_batch, self.frames_left, self.num_envs, self.seed = (
+            frames_per_batch, total_frames, num_envs, seed)
+        self.collector = None
+        self.workers = 0
+        self.restart(compute.ray.num_workers)
+
+    def restart(self, workers: int) -> None:
+        from torchrl.collectors.distributed import RayCollector
+
+        self.shutdown()
+        settings = self.compute.ray
+        init = {"address": settings.address} if settings.address else {
+            "num_cpus": settings.max_workers + 1, "include_dashboard": False}
+        per_worker = self.num_envs // workers
+        self.collector = RayCollector(
+            [_EnvMaker(self.recipe, self.seed, per_worker)] * workers, self.policy,
+            frames_per_batch=self.frames_per_batch, total_frames=self.frames_left, sync=True,
+            num_collectors=workers, ray_init_config=init,
+            remote_configs={"num_cpus": 1, "num_gpus": 0,
+                            "memory": int(settings.worker_memory_gb * 1024**3)},
+            collector_kwargs={"env_device": "cpu", "policy_device": "cpu", "storing_device": "cpu",
+                              "auto_register_policy_transforms": False})
+        self.collector.set_seed(self.seed)
+        self.batches = iter(self.collector)
+        self.workers = workers
+
+    def __iter__(self) -> Iterator[TensorDictBase]:
+        while self.frames_left > 0:
+            batch = next(self.batches)
+            self.frames_left -= batch.numel()
+            # (workers, envs per worker, steps) -> (num_envs, steps) on the learner's device
+            yield batch.reshape(-1, batch.shape[-1]).to(self.compute.device)
+
+    def update_policy_weights_(self) -> None:
+        self.collector.update_policy_weights_(self.policy)
+
+    def shutdown(self) -> None:
+        if self.collector is not None:
+            self.collector.shutdown()
+            self.collector = None
+
+
+@dataclass
+class _EnvMaker:
+    """Picklable: builds one worker's env batch (``num_envs`` envs) on the worker."""
+
+    recipe: object
+    seed: int
+    num_envs: int
+
+    def __call__(self):
+        return self.recipe(seed=self.seed, num_envs=self.num_envs)
+
+
+@dataclass
+class WorkerScaler:
+    """Decides the Ray worker count from measured frames/s.
+
+    Every ``every`` iterations the mean frames/s at the current count is compared: after adding
+    workers, a rise above ``threshold`` (relative) adds more, anything less goes back and marks
+    the count tried as the ceiling; at an unchanged count, a fall beyond ``threshold`` from the
+    count's own earlier mean (trials competing for the machine) removes workers. ``allowed``:
+    the counts that split the envs evenly, ascending."""
+
+    workers: int
+    allowed: list[int]
+    threshold: float
+    every: int
+    samples: list[float] = field(default_factory=list)
+    measured: dict[int, float] = field(default_factory=dict)
+    ceiling: int | None = None
+    last_change: tuple[int, float] | None = None  # (count before, its frames/s) after a change
+
+    def observe(self, frames_per_second: float) -> tuple[int, str] | None:
+        """Record one iteration's frames/s; returns (new worker count, reason) or None."""
+        self.samples.append(frames_per_second)
+        if len(self.samples) < self.every:
+            return None
+        rate, self.samples = sum(self.samples) / len(self.samples), []
+        count, earlier = self.workers, self.measured.get(self.workers)
+        self.measured[count] = rate
+        change, self.last_change = self.last_change, None
+        up, down = self._neighbour(+1), self._neighbour(-1)
+        if change is not None:
+            before, before_rate = change
+            gain = rate / before_rate - 1.0
+            if before < count:
+                if gain > self.threshold:
+                    return self._move(up, f"{before} -> {count} workers raised frames/s by {gain:+.0%}; "
+                                          "adding more") if up else None
+                self.ceiling = count
+                return self._move(before, f"{before} -> {count} workers changed frames/s by {gain:+.0%} "
+                                          f"(within {self.threshold:.0%}); back to {before}")
+            return None  # after removing workers: hold
+        if earlier is not None and rate < earlier * (1.0 - self.threshold) and down:
+            return self._move(down, f"frames/s at {count} workers fell {rate / earlier - 1:+.0%} "
+                                    f"({earlier:,.0f} -> {rate:,.0f}); removing workers")
+        if earlier is None and up:
+            return self._move(up, f"{count} workers give {rate:,.0f} frames/s; trying {up}")
+        return None
+
+    def _neighbour(self, direction: int) -> int | None:
+        i = self.allowed.index(self.workers) + direction
+        if not 0 <= i < len(self.allowed):
+            return None
+        candidate = self.allowed[i]
+        if direction > 0 and self.ceiling is not None and candidate >= self.ceiling:
+            return None
+        return candidate
+
+    def _move(self, workers: int, reason: str) -> tuple[int, str]:
+        self.last_change = (self.workers, self.measured[self.workers])
+        self.workers = workers
+        return workers, reason
+
