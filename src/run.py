@@ -23,6 +23,7 @@ from src.agents.baselines import BuyAndHold, RandomAgent
 from src.agents.calibrate import calibrated
 from src.agents.checkpoint import policy_contract
 from src.agents.resume import TrainingCheckpoints, TrainingInterrupted, checkpoint_dir
+from src.backtest.grid import grid_search
 from src.backtest.metrics import periods_per_year
 from src.backtest.plots import html_report, save_plots
 from src.backtest.sizing import with_risk_columns
@@ -38,7 +39,7 @@ from src.tracking import listeners
 from src.tracking.mlflow_run import mlflow_run
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "conf" / "scenario"
-MODES = ("single", "stress", "paper", "replay_journal")
+MODES = ("single", "stress", "paper", "replay_journal", "grid")
 
 
 def seed_everything(seed: int) -> None:
@@ -160,6 +161,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, float]]:
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         if probe is not None:
             mlflow.log_table(probe, "calibration.json")
+        if cfg.mode == "grid":
+            return grid_search(cfg, market, backtester, train_env, output_dir)
         if checkpoint:
             agent.load(Path(checkpoint), contract)
         else:

@@ -168,3 +168,102 @@ def test_a_gpu_on_a_machine_without_one_is_a_clear_error():
         pytest.skip("this machine has a GPU: the error cannot happen")
     with pytest.raises(ConfigError, match="resources.device='cuda' but torch sees no CUDA GPU"):
         registry.build("resources", compose_config(["resources=gpu"]).resources)
+
+
+@pytest.mark.slow
+def test_ray_workers_collect_reproducibly_and_the_scaler_changes_their_count(market_df):
+    """A real local Ray on 127.0.0.1: 2 workers (TorchRL's RayCollector), each with its own numba
+    env batch, train PPO; the same seed gives the same weights; with autoscale the worker count
+    changes and each change is logged with its reason."""
+    import ray
+
+    ray.init(num_cpus=5, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    try:
+        fixed = compose_config(TINY + ["resources=ray", "resources.ray.autoscale=false",
+                                       "agent.total_frames=1536"])
+        weights, logs = [], []
+        for _ in range(2):
+            logged = []
+            env = registry.build("env", fixed.env, market_df, seed=0)
+            agent = registry.build("agent", fixed.agent, env, seed=0)
+            agent.fit(env, lambda m, step: logged.append(m),
+                      compute=registry.build("resources", fixed.resources))
+            weights.append([p.detach().clone() for p in agent.actor.parameters()])
+            logs.append([m for m in logged if "train/lr" in m])
+        assert len(logs[0]) == 3 and all(m["perf/ray_workers"] == 2 for m in logs[0])
+        assert all(torch.equal(a, b) for a, b in zip(*weights))
+        assert [m["train/reward_per_step"] for m in logs[0]] == [m["train/reward_per_step"] for m in logs[1]]
+
+        scaling = compose_config(TINY + ["resources=ray", "resources.ray.scale_every=1",
+                                         "resources.ray.max_workers=4", "agent.total_frames=1536"])
+        env = registry.build("env", scaling.env, market_df, seed=0)
+        agent = registry.build("agent", scaling.agent, env, seed=0)
+        logged = []
+        agent.fit(env, lambda m, step: logged.append(m),
+                  compute=registry.build("resources", scaling.resources))
+        workers = [m["perf/ray_workers"] for m in logged if "train/lr" in m]
+        assert workers[0] == 4 and agent.scaling_log[0].startswith("ray workers: 2 -> 4: 2 workers give")
+    finally:
+        ray.shutdown()
+
+
+def _start_run(tmp_path, *args):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "src.run", "agent.total_frames=65536", "agent.checkpoint_every=1",
+               f"agent.training_checkpoints={tmp_path}/checkpoints", "data.n_bars=4000", *args]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _interrupt_after_the_first_checkpoint(tmp_path, signum) -> tuple[int, str]:
+    import time
+
+    process = _start_run(tmp_path, f"hydra.run.dir={tmp_path}/first")
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "checkpoints").glob("*/last.pt")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    return process.returncode, stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_marks_the_run_killed_and_the_rerun_resumes_it(tmp_path):
+    import signal
+
+    from tests.conftest import runs
+
+    code, stderr = _interrupt_after_the_first_checkpoint(tmp_path, signal.SIGINT)
+    assert code == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: training stopped, checkpoint ")
+    [run] = runs(tmp_path)
+    assert run.info.status == "KILLED"
+
+    process = _start_run(tmp_path, f"hydra.run.dir={tmp_path}/second", "agent.resume=true")
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "resuming training at iteration" in stderr
+    [resumed] = runs(tmp_path)  # the same MLflow run, continued
+    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
+    assert "test/sharpe" in resumed.data.metrics
+
+
+@pytest.mark.slow
+def test_sigterm_is_handled_like_ctrl_c(tmp_path):
+    import signal
+
+    from tests.conftest import runs
+
+    code, stderr = _interrupt_after_the_first_checkpoint(tmp_path, signal.SIGTERM)
+    assert code == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert "interrupted: training stopped, checkpoint" in stderr
+    assert [r.info.status for r in runs(tmp_path)] == ["KILLED"]

@@ -9,6 +9,7 @@ know where the frames came from. On Ray, ``env.num_envs`` envs are split evenly 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import torch
 from tensordict import TensorDictBase
 from torchrl.collectors import Collector
 
@@ -52,10 +53,13 @@ class RayCollection:
         self.shutdown()
         settings = self.compute.ray
         init = {"address": settings.address} if settings.address else {
-            "num_cpus": settings.max_workers + 1, "include_dashboard": False}
+            "num_cpus": settings.max_workers + 1, "include_dashboard": False,
+            "_node_ip_address": "127.0.0.1"}
+        init["log_to_driver"] = False  # workers' own logs stay in Ray's session folder
         per_worker = self.num_envs // workers
         self.collector = RayCollector(
-            [_EnvMaker(self.recipe, self.seed, per_worker)] * workers, self.policy,
+            [_EnvMaker(self.recipe, self.seed * 1000 + k, per_worker) for k in range(workers)],
+            self.policy,
             frames_per_batch=self.frames_per_batch, total_frames=self.frames_left, sync=True,
             num_collectors=workers, ray_init_config=init,
             remote_configs={"num_cpus": 1, "num_gpus": 0,
@@ -63,8 +67,15 @@ class RayCollection:
             collector_kwargs={"env_device": "cpu", "policy_device": "cpu", "storing_device": "cpu",
                               "auto_register_policy_transforms": False})
         self.collector.set_seed(self.seed)
+        self.collector.update_policy_weights_(self.policy)
         self.batches = iter(self.collector)
         self.workers = workers
+
+    def free_cpus(self) -> float:
+        """CPUs the cluster could give more workers now (this collection's own count as free)."""
+        import ray
+
+        return ray.available_resources().get("CPU", 0.0) + self.workers
 
     def __iter__(self) -> Iterator[TensorDictBase]:
         while self.frames_left > 0:
@@ -84,13 +95,15 @@ class RayCollection:
 
 @dataclass
 class _EnvMaker:
-    """Picklable: builds one worker's env batch (``num_envs`` envs) on the worker."""
+    """Picklable: builds one worker's env batch (``num_envs`` envs) on the worker and seeds the
+    worker's torch generator (the policy's action sampling there) with ``seed``."""
 
     recipe: object
     seed: int
     num_envs: int
 
     def __call__(self):
+        torch.manual_seed(self.seed)
         return self.recipe(seed=self.seed, num_envs=self.num_envs)
 
 

@@ -194,10 +194,14 @@ class PPOAgent(Agent):
         decision = scaler.observe(metrics["perf/frames_per_second"]) if scaler else None
         if decision is not None:
             workers, reason = decision
+            if workers > collection.workers and collection.free_cpus() < workers:
+                scaler.workers, scaler.ceiling, scaler.last_change = collection.workers, workers, None
+                workers, reason = collection.workers, f"{reason}, but the cluster has no CPUs for them"
             line = f"ray workers: {collection.workers} -> {workers}: {reason}"
             print(line, file=sys.stderr)
             self.scaling_log.append(line)
-            collection.restart(workers)
+            if workers != collection.workers:
+                collection.restart(workers)
         return {"perf/ray_workers": collection.workers}
 
     @torch.no_grad()

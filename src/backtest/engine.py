@@ -15,6 +15,7 @@ from src.registry import register
 
 EXIT_REASONS = {kernels.STOP_EXIT: "stop_loss", kernels.TAKE_EXIT: "take_profit",
                 kernels.TRAIL_EXIT: "trailing_stop", kernels.END_EXIT: "end_of_backtest"}
+ACCOUNT = ("t", "cash", "units", "requested", "equity")  # what closing a position reads and writes
 TRADE_COLUMNS = ["timestamp", "side", "units", "price", "fee", "reason", "partial"]
 
 
@@ -42,32 +43,66 @@ class Backtester:
         first decision is at the close of bar ``window_size - 1``, the first fill one bar later.
         ``close_at_end=False`` leaves the last position open (marked at the last close): the
         paper-trading parity check compares a session that goes on."""
+        if hasattr(agent, "signals"):  # a rule on prices: its targets are known for every bar
+            return self.run_targets(self.actions.to_targets(agent.signals(df)).reshape(-1, 1), df,
+                                    close_at_end)[0]
+
+        def decide(bar: int, market: VectorMarket) -> np.ndarray:
+            observed = agent.act(torch.from_numpy(market.obs), torch.from_numpy(market.account))
+            return self.actions.to_targets(torch.as_tensor(observed))
+
+        return self._walk(df, 1, decide, close_at_end)[0]
+
+    def run_targets(self, targets: np.ndarray, df: pd.DataFrame,
+                    close_at_end: bool = True) -> list[BacktestResult]:
+        """Backtest N fixed target paths at once, one env each of one kernel call per bar:
+        ``targets`` (len(df), N) float64 is each path's target decided at each bar's close
+        (fractions of equity). Each result equals that path's own single backtest."""
+        return self._walk(df, targets.shape[1], lambda bar, market: targets[bar], close_at_end)
+
+    def _walk(self, df: pd.DataFrame, n: int, decide, close_at_end: bool) -> list[BacktestResult]:
+        """Step ``n`` envs from bar ``window_size - 1`` to the end of ``df``; ``decide(bar,
+        market)`` gives the (n,) targets at the close of ``bar``. An env that ends early (equity
+        under the floor) keeps its series up to that bar."""
         window = self.env_cfg.window_size
         rules = replace(market_rules(self.env_cfg, self.cfg, df.index), episode_length=len(df),
                         equity_floor=0.0)
-        market = VectorMarket(df, feature_columns(df), 1, window, rules)
+        market = VectorMarket(df, feature_columns(df), n, window, rules)
         market.reset(start=window - 1)
-        market_obs, account_obs = torch.from_numpy(market.obs), torch.from_numpy(market.account)
-        signals = agent.signals(df) if hasattr(agent, "signals") else None
         n_steps = len(df) - window
-        equity, positions, financing = np.empty(n_steps + 1), np.empty(n_steps + 1), np.zeros(n_steps + 1)
-        equity[0], positions[0] = market.equity[0], 0.0
-        fills = []
+        equity, positions, financing = (np.zeros((n_steps + 1, n)) for _ in range(3))
+        equity[0] = market.equity
+        ends = np.full(n, n_steps)  # the last step of each env's series
+        fills: list[list[tuple]] = [[] for _ in range(n)]
+        ended: dict[int, list] = {}  # env -> its account at an early end
         for k in range(1, n_steps + 1):
-            bar = window - 2 + k  # the decision bar
-            action = signals[bar : bar + 1] if signals is not None else agent.act(market_obs, account_obs)
-            market.step(self.actions.to_targets(torch.as_tensor(action)))
-            equity[k], positions[k] = market.equity[0], market.account[0, 0]
-            financing[k] = market.fills[0, kernels.FINANCING]
-            fills += fill_rows(market.fills[0], df.index[market.t[0]])
-            if market.terminated[0] or market.truncated[0]:
-                equity, positions, financing = equity[: k + 1], positions[: k + 1], financing[: k + 1]
+            market.step(np.asarray(decide(window - 2 + k, market), dtype=np.float64))
+            equity[k], positions[k] = market.equity, market.account[:, 0]
+            financing[k] = market.fills[:, kernels.FINANCING]
+            stamp = df.index[k + window - 1]
+            for i in np.flatnonzero(market.fills[:, [kernels.ENTRY_UNITS, kernels.EXIT_UNITS]].any(axis=1)):
+                if k <= ends[i]:
+                    fills[i] += fill_rows(market.fills[i], stamp)
+            finished = (market.terminated | market.truncated) & (ends == n_steps)
+            ends[finished] = k
+            for i in np.flatnonzero(finished & (k < n_steps)):
+                ended[i] = [getattr(market, name)[i] for name in ACCOUNT]
+            if (ends < n_steps).all():
                 break
         if close_at_end:
+            for i, values in ended.items():  # an env that ended early closes where it ended
+                for name, value in zip(ACCOUNT, values):
+                    getattr(market, name)[i] = value
             market.close_positions()
-            fills += fill_rows(market.fills[0], df.index[market.t[0]])
-            equity[-1] = market.equity[0]
-        scale = self.cfg.initial_cash
+            for i in range(n):
+                if market.fills[i, kernels.EXIT_UNITS] != 0.0:
+                    fills[i] += fill_rows(market.fills[i], df.index[market.t[i]])
+                equity[ends[i], i] = market.equity[i]
+        return [self._result(df, equity[: ends[i] + 1, i], positions[: ends[i] + 1, i],
+                             financing[: ends[i] + 1, i], fills[i]) for i in range(n)]
+
+    def _result(self, df, equity, positions, financing, fills) -> BacktestResult:
+        scale, window = self.cfg.initial_cash, self.env_cfg.window_size
         index = df.index[window - 1 : window - 1 + len(equity)]
         curve = pd.Series(equity * scale, index=index, name="equity")
         charged = pd.Series(financing * scale, index=index, name="financing")

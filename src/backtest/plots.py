@@ -87,3 +87,22 @@ def html_report(title: str, metrics: dict[str, dict[str, float]], images: list[P
                     f"<h2>Metrics</h2>{table}<h2>Plots</h2>{pictures}<h2>Trades (first 200)</h2>"
                     f"{trades.head(200).to_html(index=False)}</body></html>")
     return path
+
+
+def heatmap(values: pd.DataFrame, title: str, path: Path) -> Path:
+    """A labelled heatmap of ``values`` (rows x columns, e.g. a metric over two parameters);
+    empty cells (NaN) stay blank."""
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * values.shape[1], 1.0 + 0.6 * values.shape[0]))
+    image = ax.imshow(values.to_numpy(float), cmap="RdYlGn", aspect="auto")
+    ax.set_xticks(range(values.shape[1]), [str(c) for c in values.columns])
+    ax.set_yticks(range(values.shape[0]), [str(i) for i in values.index])
+    ax.set(xlabel=values.columns.name, ylabel=values.index.name, title=title)
+    for (row, column), value in np.ndenumerate(values.to_numpy(float)):
+        if np.isfinite(value):
+            ax.text(column, row, f"{value:+.2f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
