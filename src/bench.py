@@ -8,20 +8,27 @@ excluded) and bars per second, against the batch backtest of the same bars in th
 Suite ``features``: seconds to compute ``features=ta_full`` on ``--bars`` synthetic bars
 (default 1,000,000), to compute and write it to the feature cache, and to load it back.
 
+Suite ``ppo``: PPO training frames/s for N in {1024, 4096, 16384} envs with a 2 x 256 MLP on
+``--device`` (cpu or cuda), and the GPU's utilisation and memory sampled (NVML) while it trains.
+
 Suite ``env`` (default):
-Measures, for N in {1, 64, 1024} parallel envs with a 32 x 16 observation window, on one thread:
-- kernel: env-steps/s of the numba kernel alone (in-kernel auto-reset);
+Measures, for N in {1, 64, 1024, 4096} parallel envs with a 32 x 16 observation window, for each
+thread count in ``--threads`` (torch's and numba's threads; default 1):
+- kernel: env-steps/s of the numba kernel alone (in-kernel auto-reset; envs spread over the
+  threads with ``prange`` from 16 envs on);
 - wrapped: env-steps/s through the TorchRL ``TradingEnv`` (``step_and_maybe_reset``);
 - ppo: training frames/s of PPO end to end (collection + GAE + updates), 2 x 64 MLP;
-- python: a plain-Python reference of the same step (a loop over envs), run in the same process,
-  which every other figure is quoted against.
+- python: a plain-Python reference of the same step (a loop over envs, one thread), run in the
+  same process, which every other figure is quoted against.
 """
 import argparse
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 import pandas as pd
 import torch
@@ -35,7 +42,8 @@ from src.envs.market import MarketRules, VectorMarket
 from src.envs.torchrl_env import TradingEnv
 
 WINDOW, N_FEATURES, N_BARS = 32, 16, 20_000
-ENV_COUNTS = (1, 64, 1024)
+ENV_COUNTS = (1, 64, 1024, 4096)
+PPO_ENV_COUNTS = (1024, 4096, 16384)
 RULES = MarketRules(transaction_fee=0.001, slippage_bps=1.0, episode_length=512)
 
 
@@ -86,19 +94,25 @@ def wrapped_rate(df, n: int, seconds: float) -> float:
     return timed(step, seconds, n)
 
 
-def ppo_rate(df, n: int, seconds: float) -> float:
+def ppo_rate(df, n: int, seconds: float, hidden: tuple[int, ...] = (64, 64),
+             device: str = "cpu") -> float:
+    """PPO training frames/s on ``n`` envs (collection + GAE + updates) with an MLP of ``hidden``."""
+    from src.resources import Compute
+
     steps = max(128, 2048 // n) if n < 1024 else 16
     cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/agent/ppo.yaml")
     cfg.frames_per_batch = n * steps
-    cfg.minibatch_size = min(cfg.frames_per_batch, 1024)
+    cfg.minibatch_size = min(cfg.frames_per_batch, 1024 if device == "cpu" else 8192)
     batches = max(2, int(seconds * 15_000 // cfg.frames_per_batch))
     cfg.total_frames = cfg.frames_per_batch * batches
     cfg.progress = False
+    cfg.hidden_sizes = list(hidden)
     market = VectorMarket(df, feature_names(), n, WINDOW, RULES, seed=0)
     env = TradingEnv(market, ActionSpace("discrete", False, 1.0))
     agent = PPOAgent(cfg, WINDOW, N_FEATURES, env.actions, env.action_spec, seed=0)
     start = time.perf_counter()
-    agent.fit(env, lambda metrics, step: None)
+    agent.fit(env, lambda metrics, step: None,
+              compute=Compute(torch.device(device), torch.get_num_threads()))
     return cfg.total_frames / (time.perf_counter() - start)
 
 
@@ -134,19 +148,98 @@ def python_rate(df, n: int, seconds: float) -> float:
     return timed(step, seconds, n)
 
 
-def run(seconds: float) -> list[dict]:
-    torch.set_num_threads(1)
+def set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+    numba.set_num_threads(threads)
+
+
+def run(seconds: float, thread_counts: list[int]) -> list[dict]:
+    """The env suite's rows: measure, num_envs, threads, per_second, x_python_reference."""
     df = bench_frame()
     rows = []
     for n in ENV_COUNTS:
+        set_threads(1)
         reference = python_rate(df, n, seconds)
-        for name, rate in [("python reference", reference), ("kernel", kernel_rate(df, n, seconds)),
-                           ("torchrl wrapped", wrapped_rate(df, n, seconds)),
-                           ("ppo training", ppo_rate(df, n, seconds))]:
-            ratio = rate / reference if name != "ppo training" else None  # frames are not env-steps
-            rows.append({"measure": name, "num_envs": n, "per_second": rate,
-                         "x_python_reference": ratio})
+        rows.append({"measure": "python reference", "num_envs": n, "threads": 1,
+                     "per_second": reference, "x_python_reference": 1.0})
+        for threads in thread_counts:
+            set_threads(threads)
+            for name, rate in [("kernel", kernel_rate(df, n, seconds)),
+                               ("torchrl wrapped", wrapped_rate(df, n, seconds)),
+                               ("ppo training", ppo_rate(df, n, seconds))]:
+                ratio = rate / reference if name != "ppo training" else None  # frames are not env-steps
+                rows.append({"measure": name, "num_envs": n, "threads": threads, "per_second": rate,
+                             "x_python_reference": ratio})
     return rows
+
+
+class GpuSampler:
+    """NVML utilisation (percent) and memory used (GB) of GPU 0, sampled every 0.2 s in a thread."""
+
+    def __init__(self):
+        import pynvml
+
+        pynvml.nvmlInit()
+        self.nvml, self.handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(0)
+        self.samples: list[tuple[float, float]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.2):
+            use = self.nvml.nvmlDeviceGetUtilizationRates(self.handle)
+            memory = self.nvml.nvmlDeviceGetMemoryInfo(self.handle)
+            self.samples.append((float(use.gpu), memory.used / 1024**3))
+
+    def __enter__(self) -> "GpuSampler":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def summary(self) -> dict[str, float | None]:
+        if not self.samples:
+            return {"gpu_util_mean": None, "gpu_util_max": None, "gpu_memory_gb_max": None}
+        use, memory = np.array(self.samples).T
+        return {"gpu_util_mean": float(use.mean()), "gpu_util_max": float(use.max()),
+                "gpu_memory_gb_max": float(memory.max())}
+
+
+def ppo_suite(seconds: float, device: str, threads: int) -> list[dict]:
+    """PPO frames/s with a 2 x 256 MLP for PPO_ENV_COUNTS envs on ``device``."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}: torch sees no CUDA GPU on this machine; no GPU figure "
+                         "can be measured here")
+    set_threads(threads)
+    df = bench_frame()
+    rows = []
+    for n in PPO_ENV_COUNTS:
+        gpu = GpuSampler() if device.startswith("cuda") else None
+        if gpu is not None:
+            with gpu:
+                rate = ppo_rate(df, n, seconds, (256, 256), device)
+        else:
+            rate = ppo_rate(df, n, seconds, (256, 256), device)
+        rows.append({"measure": "ppo training 2x256", "num_envs": n, "threads": threads,
+                     "device": device, "per_second": rate,
+                     **(gpu.summary() if gpu is not None else {})})
+    return rows
+
+
+def ppo_table(rows: list[dict]) -> Table:
+    out = Table(title="PPO training frames/s, 2 x 256 MLP")
+    for column in ("device", "num_envs", "threads", "frames/s", "GPU util mean %", "GPU util max %",
+                   "GPU memory GB"):
+        out.add_column(column, justify="left" if column == "device" else "right")
+    for row in rows:
+        def fmt(key, spec):
+            return "-" if row.get(key) is None else format(row[key], spec)
+        out.add_row(row["device"], str(row["num_envs"]), str(row["threads"]),
+                    f"{row['per_second']:,.0f}", fmt("gpu_util_mean", ".0f"),
+                    fmt("gpu_util_max", ".0f"), fmt("gpu_memory_gb_max", ".2f"))
+    return out
 
 
 def features_suite(n_bars: int, cache_dir: Path) -> list[dict]:
@@ -241,28 +334,36 @@ def features_table(rows: list[dict]) -> Table:
 
 
 def table(rows: list[dict]) -> Table:
-    out = Table(title=f"Env-steps (PPO: frames) per second, window {WINDOW} x {N_FEATURES}, 1 thread")
-    for column in ("measure", "num_envs", "per second", "x python reference"):
+    out = Table(title=f"Env-steps (PPO: frames) per second, window {WINDOW} x {N_FEATURES}")
+    for column in ("measure", "num_envs", "threads", "per second", "x python reference"):
         out.add_column(column, justify="left" if column == "measure" else "right")
     for row in rows:
         ratio = row["x_python_reference"]
-        out.add_row(row["measure"], str(row["num_envs"]), f"{row['per_second']:,.0f}",
-                    "-" if ratio is None else f"{ratio:,.1f}")
+        out.add_row(row["measure"], str(row["num_envs"]), str(row["threads"]),
+                    f"{row['per_second']:,.0f}", "-" if ratio is None else f"{ratio:,.1f}")
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", choices=["env", "features", "paper"], default="env")
+    parser.add_argument("--suite", choices=["env", "ppo", "features", "paper"], default="env")
+    parser.add_argument("--threads", default="1",
+                        help="env: comma-separated thread counts (e.g. 1,2); ppo: the first one")
+    parser.add_argument("--device", default="cpu", help="ppo: the learner's device (cpu, cuda)")
     parser.add_argument("--json", type=Path, default=None, help="default outputs/bench_<suite>.json")
     parser.add_argument("--seconds", type=float, default=1.5, help="env: time per measurement")
     parser.add_argument("--bars", type=int, default=None,
                         help="features: bars to compute (1,000,000); paper: bars to replay (1,000)")
     args = parser.parse_args()
+    thread_counts = [int(t) for t in args.threads.split(",")]
     if args.suite == "env":
-        rows = run(args.seconds)
+        rows = run(args.seconds, thread_counts)
         Console().print(table(rows))
         report = {"window": WINDOW, "features": N_FEATURES, "rows": rows}
+    elif args.suite == "ppo":
+        rows = ppo_suite(args.seconds, args.device, thread_counts[0])
+        Console().print(ppo_table(rows))
+        report = {"window": WINDOW, "features": N_FEATURES, "hidden": [256, 256], "rows": rows}
     elif args.suite == "paper":
         rows = paper_suite(args.bars or 1_000)
         Console().print(paper_table(rows))

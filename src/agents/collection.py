@@ -72,9 +72,12 @@ class RayCollection:
         self.workers = workers
 
     def free_cpus(self) -> float:
-        """CPUs the cluster could give more workers now (this collection's own count as free)."""
+        """CPUs more workers could have now: inside a Ray Tune trial, the ``max_workers`` its
+        placement group reserved; elsewhere the cluster's free CPUs plus this collection's own."""
         import ray
 
+        if ray.get_runtime_context().get_placement_group_id() is not None:
+            return float(self.compute.ray.max_workers)
         return ray.available_resources().get("CPU", 0.0) + self.workers
 
     def __iter__(self) -> Iterator[TensorDictBase]:

@@ -103,7 +103,8 @@ class PPOAgent(Agent):
         resumed = store.load() if store is not None and cfg.resume else None
         if resumed is not None:
             _restore(resumed, self, optimizer, schedule, best, buffer, train_env, progress)
-        collection = self._collection(train_env, cfg.total_frames - progress.frames, compute)
+        remaining = 0 if best.exhausted else cfg.total_frames - progress.frames
+        collection = self._collection(train_env, remaining, compute) if remaining > 0 else None
         if resumed is not None:
             torch.set_rng_state(resumed["torch_rng"])
         steps_per_epoch = cfg.frames_per_batch // cfg.minibatch_size
@@ -113,7 +114,7 @@ class PPOAgent(Agent):
             with _progress(cfg.progress) as bar:
                 task = bar.add_task("PPO training", total=cfg.total_frames, completed=progress.frames)
                 monitor.start()
-                for batch in collection:
+                for batch in collection or ():  # none left: a resumed run that had finished
                     progress.iteration += 1
                     progress.frames += batch.numel()
                     collected = monitor.lap()
@@ -164,7 +165,8 @@ class PPOAgent(Agent):
                 store.save(snapshot)
             raise TrainingInterrupted(store.path if store.path.is_file() else None) from None
         finally:
-            collection.shutdown()
+            if collection is not None:
+                collection.shutdown()
         self.frames_trained = progress.frames
         if best.state is not None:
             self.actor.load_state_dict(best.state)

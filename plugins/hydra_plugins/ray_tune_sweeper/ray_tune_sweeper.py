@@ -53,6 +53,16 @@ def _report_numbers(metrics: Dict[str, Any]) -> Dict[str, float]:
     return {tune_key(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
+def _trial_resources(config: DictConfig, threads: int) -> Any:
+    """What one trial reserves: ``threads`` CPUs, plus one CPU per Ray collection worker up to
+    ``resources.ray.max_workers`` with ``resources=ray`` (its placement group holds them, so the
+    trial's workers, and its worker scaler, stay inside its reservation)."""
+    workers = OmegaConf.select(config, "resources.ray.max_workers")
+    if OmegaConf.select(config, "resources.name") != "ray" or not workers:
+        return {"cpu": threads}
+    return tune.PlacementGroupFactory([{"CPU": threads}] + [{"CPU": 1}] * int(workers))
+
+
 def _override(key: str, value: Any) -> str:
     return f"{key}={value}"
 
@@ -68,6 +78,8 @@ def _trial(sampled: Dict[str, Any], *, fixed: List[str], hydra_context: HydraCon
     trial = tune.get_context()
     overrides = fixed + [_override(k, v) for k, v in sampled.items()]
     overrides += ["++evaluate_test=false", f"resources.num_threads={threads}"]
+    if OmegaConf.select(config, "agent.resume") is not None:
+        overrides.append("agent.resume=true")  # a rerun trial continues from its training checkpoint
     if parent_run_id:
         overrides.append(f"++mlflow.parent_run_id={parent_run_id}")
     sweep_config = hydra_context.config_loader.load_sweep_config(config, overrides)
@@ -140,7 +152,7 @@ class RayTuneSweeper(Sweeper):
             _trial, fixed=fixed, hydra_context=self.hydra_context, config=config,
             task_function=self.task_function, singleton_state=Singleton.get_state(),
             metric=conf.metric, parent_run_id=parent, threads=threads)
-        trainable = tune.with_resources(trainable, {"cpu": threads})
+        trainable = tune.with_resources(trainable, _trial_resources(config, threads))
         tuner = self._tuner(trainable, space, storage, config, resuming)
         status = "FAILED"
         try:
