@@ -2,6 +2,7 @@
 
 ``python -m src.run [group=option ...] [key=value ...]``; see conf/config.yaml.
 """
+import json
 import random
 import signal
 import sys
@@ -25,6 +26,7 @@ from src.agents.checkpoint import policy_contract
 from src.agents.resume import TrainingCheckpoints, TrainingInterrupted, checkpoint_dir
 from src.backtest.grid import grid_search
 from src.backtest.metrics import periods_per_year
+from src.backtest.multi_agent import RandomLearners, backtest_market, print_market
 from src.backtest.plots import html_report, save_plots
 from src.backtest.sizing import with_risk_columns
 from src.config_checks import ConfigError, check_ranges
@@ -118,6 +120,12 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"paper.on_stale={cfg.paper.on_stale!r}; valid: flatten, hold")
     check_ranges(cfg)
     check_params(cfg.scenario)
+    multi = cfg.env.name == "multi_agent"
+    if multi != (cfg.agent.name in ("mappo", "ippo")):
+        raise ConfigError(f"env={cfg.env.name} with agent={cfg.agent.name}: the multi-agent market "
+                          "trains agent=mappo or agent=ippo, and those need env=multi_agent")
+    if multi and cfg.mode not in ("single", "stress"):
+        raise ConfigError(f"mode={cfg.mode} with env=multi_agent; valid: single, stress")
     if cfg.mode == "stress":
         for scenario in stress_scenarios(cfg).values():
             check_params(scenario)
@@ -150,6 +158,13 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, float]]:
     agent = registry.build("agent", cfg.agent, train_env, seed=cfg.seed)
     backtester = registry.build("backtest", cfg.backtest, cfg.env, train_env.actions)
     validation_df = market.validation()
+    multi = cfg.env.name == "multi_agent"
+    if multi:
+        def evaluate(a):
+            return backtest_market(cfg, validation_df, a).learners_mean
+    else:
+        def evaluate(a):
+            return backtester.run(a, validation_df).metrics
     stored = session.stored_meta(cfg) if cfg.mode == "paper" else {}
     checkpoint = cfg.agent.get("checkpoint") or stored.get("checkpoint")
     resumed = training.load() if training is not None and cfg.agent.resume else None
@@ -168,12 +183,14 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, float]]:
         else:
             if training is not None:
                 training.meta["mlflow_run_id"] = active.info.run_id
-            agent.fit(train_env, _log_metrics, lambda a: backtester.run(a, validation_df).metrics,
-                      compute=compute, checkpoints=training)
+            agent.fit(train_env, _log_metrics, evaluate, compute=compute,
+                      checkpoints=None if multi else training)
             if getattr(agent, "scaling_log", None):
                 mlflow.log_text("\n".join(agent.scaling_log), "ray_scaling.txt")
         if cfg.mode == "paper":
             return _paper(cfg, market, train_env, agent, contract, checkpoint, output_dir)
+        if multi:
+            return _multi_agent(cfg, market, agent, evaluate(agent), contract, output_dir)
         contenders = {agent.name: agent}
         contenders.setdefault("buy_and_hold", BuyAndHold(train_env.actions))
         contenders.setdefault("random", RandomAgent(train_env.actions, cfg.seed))
@@ -215,6 +232,39 @@ def _paper(cfg, market, train_env, agent, contract, checkpoint, output_dir) -> d
     result = session.paper_trade(cfg, market.raw, market.bounds.test, fresh_agent, market.featurize,
                                  contract, policy, output_dir)
     return {"validation": {}, "paper": result}
+
+
+def _multi_agent(cfg, market, agent, validation, contract, output_dir) -> dict:
+    """``env=multi_agent``: every agent on one test market (each stress scenario in stress mode):
+    a row per agent, the market's figures, and random learners in the same market for reference."""
+    mlflow.log_metrics({f"val/{k}": v for k, v in validation.items()}, step=agent.frames_trained)
+    if not cfg.evaluate_test:
+        mlflow.set_tag("test_evaluated", "false")
+        return {"validation": validation}
+    scenarios = stress_scenarios(cfg) if cfg.mode == "stress" else {"+".join(cfg.scenario): cfg.scenario}
+    table, artifacts = {}, [output_dir / "config.yaml", agent.save(output_dir / "policy.pt", contract)]
+    for name, scenario in scenarios.items():
+        test_df, _ = market.test(scenario)
+        result = backtest_market(cfg, test_df, agent)
+        reference = backtest_market(cfg, test_df, RandomLearners(agent.actions, cfg.seed))
+        print_market(result, f"{cfg.agent.name} on the test split, scenario={name}")
+        prefix = "test" if len(scenarios) == 1 else f"stress/{name}"
+        mlflow.log_metrics({f"{prefix}/{k}": v for k, v in result.learners_mean.items()})
+        mlflow.log_metrics({f"{prefix}/agent/{a}/{k}": v for a, m in result.agents.items() for k, v in m.items()})
+        mlflow.log_metrics({f"{prefix}/market/{k}": v for k, v in result.market.items()})
+        mlflow.log_metrics({f"{prefix}/random_learners/{k}": v for k, v in reference.learners_mean.items()})
+        table[name] = {**result.agents, "market": result.market, "random_learners": reference.learners_mean}
+        folder = output_dir if len(scenarios) == 1 else output_dir / "stress" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        pd.concat([result.equity, result.prices], axis=1).to_csv(folder / "equity.csv")
+        result.trades.to_csv(folder / "trades.csv", index=False)
+        artifacts += [folder / "equity.csv", folder / "trades.csv"]
+    summary = output_dir / "summary.json"
+    summary.write_text(json.dumps(table[name] if len(scenarios) == 1 else table, indent=2))
+    for path in artifacts + [summary]:
+        folder = path.parent.relative_to(output_dir).as_posix()
+        mlflow.log_artifact(str(path), artifact_path=None if folder == "." else folder)
+    return {"validation": validation, cfg.agent.name: result.learners_mean}
 
 
 def _backtest(cfg, market, backtester, agent, contenders, output_dir, artifacts) -> dict:

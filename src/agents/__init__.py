@@ -1,2 +1,2 @@
 """Agents; importing registers them."""
-from src.agents import baselines, ppo  # noqa: F401
+from src.agents import baselines, mappo, ppo  # noqa: F401

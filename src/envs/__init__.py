@@ -1,2 +1,2 @@
 """Trading envs; importing registers them."""
-from src.envs import torchrl_env  # noqa: F401
+from src.envs import multi_agent_env, torchrl_env  # noqa: F401
