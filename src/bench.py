@@ -19,7 +19,8 @@ thread count in ``--threads`` (torch's and numba's threads; default 1):
 - wrapped: env-steps/s through the TorchRL ``TradingEnv`` (``step_and_maybe_reset``);
 - ppo: training frames/s of PPO end to end (collection + GAE + updates), 2 x 64 MLP;
 - python: a plain-Python reference of the same step (a loop over envs, one thread), run in the
-  same process, which every other figure is quoted against.
+  same process, which every other figure is quoted against;
+- multi-agent kernel: agent-steps/s of src/envs/multi_market.py for E x K = 256 x 4 and 64 x 16.
 """
 import argparse
 import json
@@ -44,6 +45,7 @@ from src.envs.torchrl_env import TradingEnv
 WINDOW, N_FEATURES, N_BARS = 32, 16, 20_000
 ENV_COUNTS = (1, 64, 1024, 4096)
 PPO_ENV_COUNTS = (1024, 4096, 16384)
+MARKETS_X_AGENTS = ((256, 4), (64, 16))  # multi-agent kernel: E markets x K agents
 RULES = MarketRules(transaction_fee=0.001, slippage_bps=1.0, episode_length=512)
 
 
@@ -116,6 +118,18 @@ def ppo_rate(df, n: int, seconds: float, hidden: tuple[int, ...] = (64, 64),
     return cfg.total_frames / (time.perf_counter() - start)
 
 
+def multi_agent_rate(df, markets: int, agents: int, seconds: float) -> float:
+    """Agent-steps/s of the multi-agent kernel (impact on, in-kernel auto-reset)."""
+    from src.envs.multi_market import Impact, MultiMarket
+
+    market = MultiMarket(df, feature_names(), markets, agents, WINDOW, RULES, Impact(0.02, 0.01),
+                         seed=0, auto_reset=True)
+    market.reset()
+    targets = np.random.default_rng(0).choice([0.0, 1.0], size=(64, markets * agents))
+    k = iter(range(10**12))
+    return timed(lambda: market.step(targets[next(k) % 64]), seconds, markets * agents)
+
+
 def python_rate(df, n: int, seconds: float) -> float:
     """The same fill/fee/reward/window logic as the kernel, as a plain Python loop over envs."""
     open_, close = df["$open"].to_numpy(), df["$close"].to_numpy()
@@ -170,6 +184,12 @@ def run(seconds: float, thread_counts: list[int]) -> list[dict]:
                 ratio = rate / reference if name != "ppo training" else None  # frames are not env-steps
                 rows.append({"measure": name, "num_envs": n, "threads": threads, "per_second": rate,
                              "x_python_reference": ratio})
+    for markets, agents in MARKETS_X_AGENTS:  # agent-steps/s: one agent in one market for one bar
+        for threads in thread_counts:
+            set_threads(threads)
+            rows.append({"measure": "multi-agent kernel", "num_envs": markets, "agents": agents,
+                         "threads": threads, "per_second": multi_agent_rate(df, markets, agents, seconds),
+                         "x_python_reference": None})
     return rows
 
 
@@ -339,7 +359,8 @@ def table(rows: list[dict]) -> Table:
         out.add_column(column, justify="left" if column == "measure" else "right")
     for row in rows:
         ratio = row["x_python_reference"]
-        out.add_row(row["measure"], str(row["num_envs"]), str(row["threads"]),
+        envs = f"{row['num_envs']}x{row['agents']}" if "agents" in row else str(row["num_envs"])
+        out.add_row(row["measure"], envs, str(row["threads"]),
                     f"{row['per_second']:,.0f}", "-" if ratio is None else f"{ratio:,.1f}")
     return out
 

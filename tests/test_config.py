@@ -2,9 +2,11 @@
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import MissingConfigException
 
 from src import registry
+from src.config_checks import ConfigError
 from src.data.synthetic import synthetic_ohlcv
 from src.data.validate import validate_ohlcv
 from src.scenarios import apply_scenarios
@@ -40,10 +42,13 @@ def build_all(cfg, market_df):
     agent = registry.build("agent", cfg.agent, env, seed=0)
     td = env.reset()
     if hasattr(agent, "signals"):  # fixed-signal agents act on bars, not observations
-        actions = agent.signals(market_df)[-4:]
+        assert env.action_spec.is_in(agent.signals(market_df)[-4:])
+    elif "agents" in td.keys():  # the multi-agent market: one action per learner
+        actions = agent.act(td["agents", "observation"], td["agents", "account"])
+        assert env.full_action_spec["agents", "action"].is_in(actions)
     else:
         actions = agent.act(td["market"], td["account"])
-    assert env.action_spec.is_in(actions)
+        assert env.action_spec.is_in(actions)
     registry.build("backtest", cfg.backtest, cfg.env, env.actions)
     stressed, _ = apply_scenarios(raw, len(raw) // 4, cfg.scenario)
     validate_ohlcv(stressed[list(raw.columns[:5])])
@@ -65,11 +70,19 @@ def data_overrides(option: str, csv_file: Path, exchange: FakeBinance, tmp_path:
     return ["data.n_bars=600"] if option == "synthetic" else []
 
 
+PARTNERS = {("env", "multi_agent"): ["agent=mappo"], ("agent", "mappo"): ["env=multi_agent"],
+            ("agent", "ippo"): ["env=multi_agent"]}  # options that only make sense together
+
+
 @pytest.mark.parametrize(("group", "option"), group_options())
 def test_every_group_option_composes_and_builds(group, option, csv_file, market_df, exchange, tmp_path):
     extra = data_overrides(option, csv_file, exchange, tmp_path) if group == "data" else ["data.n_bars=600"]
-    cfg = compose_config([f"{group}={option}", *extra])
+    cfg = compose_config([f"{group}={option}", *extra, *PARTNERS.get((group, option), [])])
     registry.validate(cfg)
+    if cfg.resources.device.startswith("cuda") and not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="torch sees no CUDA GPU"):
+            build_all(cfg, market_df)
+        return
     build_all(cfg, market_df)
 
 
@@ -90,7 +103,7 @@ def test_unknown_component_name_lists_valid_names():
     with pytest.raises(registry.UnknownComponentError) as error:
         registry.validate(cfg)
     message = str(error.value)
-    assert "'sac'" in message and "buy_and_hold, ppo, random" in message
+    assert "'sac'" in message and all(name in message for name in ("buy_and_hold", "ppo", "mappo", "random"))
 
 
 def test_scenarios_compose_in_order():
