@@ -84,6 +84,8 @@ RANGES: dict[str, Range] = {
     "resources.ray.worker_memory_gb": POSITIVE,
     "agent.checkpoint_every": COUNT,
     "grid.top": COUNT,
+    "seeds": COUNT,
+    "walk_forward.folds": COUNT,
     "feed.speed": NON_NEGATIVE,
     "feed.max_bars": COUNT,
     "feed.duration": POSITIVE,

@@ -25,7 +25,7 @@ from src.agents.calibrate import calibrated
 from src.agents.checkpoint import policy_contract
 from src.agents.resume import TrainingCheckpoints, TrainingInterrupted, checkpoint_dir
 from src.backtest.grid import grid_search
-from src.backtest.metrics import periods_per_year
+from src.backtest.metrics import periods_per_year, psr_against
 from src.backtest.multi_agent import RandomLearners, backtest_market, print_market
 from src.backtest.plots import html_report, save_plots
 from src.backtest.sizing import with_risk_columns
@@ -34,14 +34,16 @@ from src.data.ccxt_source import ExchangeConfigError
 from src.data.validate import DataValidationError
 from src.envs.torchrl_env import feature_columns
 from src.live import session
+from src.seeds import run_seeds, with_sweep_overrides
+from src.walk_forward import run_walk_forward
 from src.scenarios import apply_scenarios, check_params
-from src.splits import split_bounds, with_history
+from src.splits import SplitBounds, split_bounds, with_history
 from src.summary import report, stress_report
 from src.tracking import listeners
 from src.tracking.mlflow_run import mlflow_run
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "conf" / "scenario"
-MODES = ("single", "stress", "paper", "replay_journal", "grid")
+MODES = ("single", "stress", "paper", "replay_journal", "grid", "walk_forward")
 
 
 def seed_everything(seed: int) -> None:
@@ -54,10 +56,11 @@ class Market:
     """The run's bars: raw history, split bounds, featurised train/validation, and test frames
     under any scenario (features recomputed on the stressed history; they only look back)."""
 
-    def __init__(self, cfg: DictConfig):
+    def __init__(self, cfg: DictConfig, raw: pd.DataFrame | None = None, bounds: SplitBounds | None = None):
+        """``raw`` and ``bounds`` (a walk-forward fold) replace the data group's bars and split."""
         self.cfg = cfg
-        self.raw = registry.build("data", cfg.data)
-        self.bounds = split_bounds(len(self.raw), cfg.split.train, cfg.split.validation)
+        self.raw = registry.build("data", cfg.data) if raw is None else raw
+        self.bounds = bounds or split_bounds(len(self.raw), cfg.split.train, cfg.split.validation)
         self.featurize = registry.build("features", cfg.features)
         self.clean = self._features(self.raw)
         self.scaler = self.featurize.scaler  # fitted on the clean train rows
@@ -137,16 +140,17 @@ def check_config(cfg: DictConfig) -> None:
             "valid: features.normalize.method=rolling_zscore or none, or train_under_scenario=false")
 
 
-def run(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, float]]:
+def run(cfg: DictConfig, output_dir: Path, market: "Market | None" = None) -> dict[str, dict[str, float]]:
     """Run one job described by ``cfg``; returns {"validation": validation metrics of the run's
-    agent (what sweeps select on)} plus, with ``evaluate_test``, {agent name: test metrics}."""
+    agent (what sweeps select on)} plus, with ``evaluate_test``, {agent name: test metrics}.
+    ``market``: the bars to use instead of the data group's (a walk-forward fold)."""
     started = time.perf_counter()
     registry.validate(cfg)
     check_config(cfg)
     compute = registry.build("resources", cfg.resources)
     training = TrainingCheckpoints(checkpoint_dir(cfg)) if "training_checkpoints" in cfg.agent else None
     seed_everything(cfg.seed)
-    market = Market(cfg)
+    market = market or Market(cfg)
     probe = None
     if cfg.resources.get("calibrate") and not cfg.agent.get("checkpoint"):
         cfg, probe = calibrated(cfg, market.train(), compute)
@@ -181,6 +185,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, float]]:
         if checkpoint:
             agent.load(Path(checkpoint), contract)
         else:
+            if cfg.agent.get("warm_start"):  # walk-forward: continue from the previous fold's policy
+                agent.load(Path(cfg.agent.warm_start), contract, check=False)
             if training is not None:
                 training.meta["mlflow_run_id"] = active.info.run_id
             agent.fit(train_env, _log_metrics, evaluate, compute=compute,
@@ -271,14 +277,17 @@ def _backtest(cfg, market, backtester, agent, contenders, output_dir, artifacts)
     """Every contender on the test split under ``cfg.scenario``: table, files, MLflow."""
     test_df, marks = market.test(cfg.scenario)
     results = {name: backtester.run(a, test_df) for name, a in contenders.items()}
+    hold = results.get("buy_and_hold")
+    for name, result in results.items():
+        if hold is not None and name != "buy_and_hold":
+            result.metrics["psr_vs_buy_and_hold"] = psr_against(result.metrics, hold.metrics)
     main = results[agent.name]
     mlflow.log_metrics({f"test/{k}": v for k, v in main.metrics.items()})
     for name, result in results.items():
         if name != agent.name:
             mlflow.log_metrics({f"baseline/{name}/{k}": v for k, v in result.metrics.items()})
     main.trades.to_csv(output_dir / "trades.csv", index=False)
-    hold = results.get("buy_and_hold")
-    baseline = [hold.equity.rename("buy_and_hold")] if hold is not None and hold is not main else []
+    baseline = [r.equity.rename(name) for name, r in results.items() if name != agent.name]
     position = pd.Series(main.positions, index=main.equity.index, name="position")
     pd.concat([main.equity, main.financing, position, *baseline], axis=1).to_csv(output_dir / "equity.csv")
     metrics = {name: r.metrics for name, r in results.items()}
@@ -329,6 +338,13 @@ def sigterm_interrupts():
         signal.signal(signal.SIGTERM, previous)
 
 
+def job(cfg: DictConfig, output_dir: Path) -> dict:
+    """One seed's work in any mode: a walk-forward evaluation, or one run."""
+    if cfg.mode == "walk_forward":
+        return run_walk_forward(cfg, output_dir, run, Market)
+    return run(cfg, output_dir)
+
+
 USER_ERRORS = (DataValidationError, ExchangeConfigError, registry.UnknownComponentError,
                FileNotFoundError, ConfigError)
 
@@ -352,7 +368,11 @@ def main(cfg: DictConfig) -> dict[str, float]:
         with sigterm_interrupts():
             if cfg.mode == "replay_journal":
                 return {"parity_identical": float(session.replay_journal(cfg).identical)}
-            metrics = run(cfg, output_dir)
+            cfg = with_sweep_overrides(cfg)
+            if cfg.seeds > 1:
+                metrics = run_seeds(cfg, output_dir, job)
+            else:
+                metrics = job(cfg, output_dir)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None

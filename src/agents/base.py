@@ -30,6 +30,6 @@ class Agent:
         (src/agents/checkpoint.py); returns it, or None for agents without parameters."""
         return None
 
-    def load(self, path: Path, contract: dict) -> None:
-        """Load ``path``; fails unless its stored contract equals ``contract``."""
+    def load(self, path: Path, contract: dict, check: bool = True) -> None:
+        """Load ``path``; fails unless its stored contract equals ``contract`` (``check``)."""
         raise ValueError(f"agent {self.name!r} has no parameters to load from {path}")

@@ -220,11 +220,13 @@ class PPOAgent(Agent):
                     "contract": contract}, path)
         return path
 
-    def load(self, path: Path, contract: dict) -> None:
+    def load(self, path: Path, contract: dict, check: bool = True) -> None:
+        """Load a saved policy; ``check=False`` (a warm start on new bars) skips the contract."""
         if not Path(path).is_file():
             raise FileNotFoundError(f"agent.checkpoint={path}: no such file")
         state = torch.load(path, weights_only=True, map_location=next(self.actor.parameters()).device)
-        check_contract(state.get("contract"), contract, str(path))
+        if check:
+            check_contract(state.get("contract"), contract, str(path))
         self.actor.load_state_dict(state["actor"])
         self.critic.load_state_dict(state["critic"])
 

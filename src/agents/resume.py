@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 # settings that do not change what training computes: excluded from the fingerprint
 NOT_TRAINING = ("agent.resume", "agent.progress", "agent.checkpoint_every", "agent.checkpoint",
                 "mlflow", "paper", "stress.scenarios", "evaluate_test", "mode", "backtest.plots",
-                "feed", "broker", "hydra", "resources.ray.address")
+                "feed", "broker", "hydra", "resources.ray.address", "seeds", "walk_forward")
 
 
 class TrainingInterrupted(KeyboardInterrupt):

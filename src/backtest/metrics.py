@@ -24,12 +24,23 @@ A round trip runs from a bar where the position leaves 0 (or flips sign) to the 
 - fees = total fees / initial equity
 - financing = sum over bars of the borrow + funding charged in that bar / initial equity
 - trades = number of fills
+- sharpe_per_period = mean(r - rf/P) / std(r) (not annualised: what PSR and DSR take)
+- skewness, kurtosis = of r (kurtosis not excess: 3 for a normal distribution); n_returns
+- psr = probabilistic Sharpe ratio against a Sharpe of 0 (Bailey & Lopez de Prado 2012):
+  PSR(SR*) = Phi((SR - SR*) sqrt(n - 1) / sqrt(1 - skew SR + (kurt - 1) / 4 SR^2)), SR and SR*
+  per period; the probability that the true Sharpe exceeds SR*
+- deflated Sharpe ratio (Bailey & Lopez de Prado 2014): PSR(SR0) with SR0 the expected maximum
+  Sharpe of N trials of Sharpe variance V, SR0 = sqrt(V) ((1 - g) Phi^-1(1 - 1/N)
+  + g Phi^-1(1 - 1/(N e))), g = Euler-Mascheroni constant (``expected_max_sharpe``,
+  ``deflated_sharpe``)
 RATIO_CAP (1e6) stands for "infinite" (a flawless curve ranks first, and every value stays a
 finite number that JSON and MLflow store).
 """
 import numpy as np
 import pandas as pd
+from scipy import stats
 
+EULER_GAMMA = 0.5772156649015329
 SECONDS_PER_YEAR = 365.25 * 24 * 3600
 RATIO_CAP = 1e6
 
@@ -77,6 +88,46 @@ def round_trip_pnl(equity: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return np.asarray(pnl)
 
 
+def probabilistic_sharpe(sharpe: float, n: int, skewness: float, kurtosis: float,
+                         benchmark: float = 0.0) -> float:
+    """PSR: P(true Sharpe > ``benchmark``) given a per-period ``sharpe`` estimated from ``n``
+    returns with that ``skewness`` and (non-excess) ``kurtosis``. 0.5 when n < 2."""
+    if n < 2:
+        return 0.5
+    variance = 1.0 - skewness * sharpe + (kurtosis - 1.0) / 4.0 * sharpe**2
+    if variance <= 0:
+        return float(sharpe > benchmark)
+    return float(stats.norm.cdf((sharpe - benchmark) * np.sqrt(n - 1) / np.sqrt(variance)))
+
+
+def psr_against(metrics: dict[str, float], benchmark: dict[str, float]) -> float:
+    """PSR of a backtest's ``metrics`` against the per-period Sharpe of ``benchmark``'s."""
+    return probabilistic_sharpe(metrics["sharpe_per_period"], int(metrics["n_returns"]),
+                                metrics["skewness"], metrics["kurtosis"], benchmark["sharpe_per_period"])
+
+
+def expected_max_sharpe(n_trials: int, variance: float) -> float:
+    """SR0: the expected maximum per-period Sharpe of ``n_trials`` unskilled trials whose Sharpes
+    have ``variance`` (0 for a single trial)."""
+    if n_trials < 2:
+        return 0.0
+    z = stats.norm.ppf
+    return float(np.sqrt(variance) * ((1 - EULER_GAMMA) * z(1 - 1 / n_trials)
+                                      + EULER_GAMMA * z(1 - 1 / (n_trials * np.e))))
+
+
+def deflated_sharpe(sharpe: float, n: int, skewness: float, kurtosis: float,
+                    trial_sharpes: list[float]) -> dict[str, float]:
+    """DSR of the selected per-period ``sharpe`` after ``len(trial_sharpes)`` trials (their
+    per-period Sharpes, the selected one among them), with what went into it."""
+    trials = len(trial_sharpes)
+    variance = float(np.var(trial_sharpes, ddof=1)) if trials > 1 else 0.0
+    benchmark = expected_max_sharpe(trials, variance)
+    return {"dsr": probabilistic_sharpe(sharpe, n, skewness, kurtosis, benchmark), "trials": float(trials),
+            "trial_sharpe_variance": variance, "expected_max_sharpe": benchmark,
+            "sharpe_per_period": sharpe, "skewness": skewness, "kurtosis": kurtosis, "n_returns": float(n)}
+
+
 def _ratio(numerator: float, denominator: float) -> float:
     """numerator / denominator for a denominator >= 0; a zero one gives RATIO_CAP x sign."""
     if denominator > 0:
@@ -104,13 +155,21 @@ def compute_metrics(equity: pd.Series, positions: np.ndarray, trades: pd.DataFra
     tail = returns[returns <= -var] if len(returns) else returns
     pnl = round_trip_pnl(values, positions)
     gross_win, gross_loss = pnl[pnl > 0].sum(), -pnl[pnl < 0].sum()
+    per_period = excess.mean() / std if std > 0 else 0.0
+    skewness = float(stats.skew(returns)) if std > 0 and len(returns) > 2 else 0.0
+    kurtosis = float(stats.kurtosis(returns, fisher=False)) if std > 0 and len(returns) > 3 else 3.0
     trades = trades if trades is not None else pd.DataFrame(columns=["units", "price", "fee"])
     traded = float((trades["units"].abs() * trades["price"]).sum()) if len(trades) else 0.0
     return {
         "total_return": growth - 1.0,
         "cagr": cagr,
         "volatility": std * np.sqrt(periods),
-        "sharpe": excess.mean() / std * np.sqrt(periods) if std > 0 else 0.0,
+        "sharpe": per_period * np.sqrt(periods),
+        "sharpe_per_period": float(per_period),
+        "skewness": skewness,
+        "kurtosis": kurtosis,
+        "n_returns": float(len(returns)),
+        "psr": probabilistic_sharpe(per_period, len(returns), skewness, kurtosis),
         "sortino": _ratio(excess.mean() * np.sqrt(periods), downside) if len(returns) else 0.0,
         "max_drawdown": drawdown,
         "max_drawdown_bars": float(drawdown_bars(values)),
