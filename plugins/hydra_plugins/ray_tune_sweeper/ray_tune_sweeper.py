@@ -36,6 +36,8 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 from ray import tune
 from rich.console import Console
+
+from src.backtest.metrics import deflated_sharpe
 from rich.table import Table
 
 from hydra_plugins.ray_tune_sweeper.config import RayTuneSweeperConf
@@ -51,6 +53,9 @@ def tune_key(name: str) -> str:
 
 def _report_numbers(metrics: Dict[str, Any]) -> Dict[str, float]:
     return {tune_key(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+SHARPE_INPUTS = ("sharpe_per_period", "n_returns", "skewness", "kurtosis", "psr")  # val_* per trial
 
 
 def _trial_resources(config: DictConfig, threads: int) -> Any:
@@ -281,7 +286,8 @@ class RayTuneSweeper(Sweeper):
             error = _last_line(str(result.error)) if result.error else ""
             stopped = not error and not metrics.get("trial_completed", False)
             rows.append({"params": params, "value": metrics.get(conf.metric), "error": error,
-                         "stopped": stopped, "trial_id": metrics.get("trial_id")})
+                         "stopped": stopped, "trial_id": metrics.get("trial_id"),
+                         "sharpe": {k: metrics.get(f"val_{k}") for k in SHARPE_INPUTS}})
         _mark_stopped_runs(parent_run_id, [r["trial_id"] for r in rows if r["stopped"]])
         def ranked(subset):
             return sorted(subset, key=lambda r: r["value"], reverse=conf.mode == "max")
@@ -301,6 +307,15 @@ class RayTuneSweeper(Sweeper):
                    "failed_trials": len(failed)}
         mlflow.log_metrics({f"best_{conf.metric}": best["value"], "trials": len(rows),
                             "failed_trials": len(failed)})
+        if all(r["sharpe"]["sharpe_per_period"] is not None for r in finished):
+            inputs = best["sharpe"]
+            dsr = deflated_sharpe(inputs["sharpe_per_period"], int(inputs["n_returns"]), inputs["skewness"],
+                                  inputs["kurtosis"], [r["sharpe"]["sharpe_per_period"] for r in finished])
+            results["best_validation_psr"] = inputs["psr"]
+            results["deflated_sharpe"] = dsr  # the best trial's validation Sharpe, deflated for N trials
+            mlflow.log_metrics({"best_val_psr": inputs["psr"], **{f"best_val_dsr/{k}": v for k, v in dsr.items()}})
+            log.info("Best trial's validation PSR %.2f, deflated Sharpe ratio %.2f over %d trials",
+                     inputs["psr"], dsr["dsr"], len(finished))
         return results
 
     def _test_best(self, results: Dict[str, Any], grid: Any, parent_run_id: str) -> Dict[str, float]:
