@@ -11,6 +11,7 @@ COLUMNS = [  # (metric key, header, format)
     ("sortino", "Sortino", "{:+.2f}"),
     ("max_drawdown", "Max drawdown", "{:.2%}"),
     ("trades", "Trades", "{:.0f}"),
+    ("psr", "PSR", "{:.2f}"),  # P(true Sharpe > 0), src/backtest/metrics.py
 ]
 
 
