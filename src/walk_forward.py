@@ -57,6 +57,10 @@ def fold_bounds(n_bars: int, folds: int, train: float, validation: float, expand
     first = n_bars - folds * test_bars  # train + validation of the first fold
     validation_bars = int(first * validation / (train + validation))
     train_bars = first - validation_bars
+    if min(test_bars, validation_bars, train_bars) < 1:
+        raise ConfigError(f"walk_forward.folds={folds} over {n_bars} bars leaves too few bars per fold "
+                          f"(train {train_bars}, validation {validation_bars}, test {test_bars}); "
+                          "use fewer folds or more data")
     out = []
     for k in range(folds):
         test = first + k * test_bars

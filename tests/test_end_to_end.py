@@ -83,7 +83,7 @@ def test_unknown_name_fails_before_any_work(tmp_path):
     result = subprocess.run([sys.executable, "-m", "src.run", "agent.name=sac"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert "Valid names: buy_and_hold, ppo, random" in result.stderr
+    assert "Valid names: buy_and_hold, ippo, mappo, ppo, random, sma_cross" in result.stderr
     assert not (tmp_path / "mlflow.db").exists()
 
 

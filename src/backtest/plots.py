@@ -73,9 +73,10 @@ def html_report(title: str, metrics: dict[str, dict[str, float]], images: list[P
                 trades: pd.DataFrame, path: Path) -> Path:
     """One self-contained HTML file: metrics table, embedded plots, the first trades."""
     names = list(metrics)
-    keys = list(next(iter(metrics.values())))
+    keys = list(dict.fromkeys(k for m in metrics.values() for k in m))  # a metric not every agent has: blank
     rows = "".join(f"<tr><th>{html.escape(k)}</th>" + "".join(
-        f"<td>{metrics[n][k]:.4g}</td>" for n in names) + "</tr>" for k in keys)
+        f"<td>{metrics[n][k]:.4g}</td>" if k in metrics[n] else "<td></td>" for n in names) + "</tr>"
+        for k in keys)
     table = f"<table><tr><th></th>{''.join(f'<th>{html.escape(n)}</th>' for n in names)}</tr>{rows}</table>"
     pictures = "".join(
         f'<img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'

@@ -59,12 +59,13 @@ SHARPE_INPUTS = ("sharpe_per_period", "n_returns", "skewness", "kurtosis", "psr"
 
 
 def _trial_resources(config: DictConfig, threads: int) -> Any:
-    """What one trial reserves: ``threads`` CPUs, plus one CPU per Ray collection worker up to
-    ``resources.ray.max_workers`` with ``resources=ray`` (its placement group holds them, so the
-    trial's workers, and its worker scaler, stay inside its reservation)."""
-    workers = OmegaConf.select(config, "resources.ray.max_workers")
-    if OmegaConf.select(config, "resources.name") != "ray" or not workers:
+    """What one trial reserves: ``threads`` CPUs, plus with ``resources=ray`` one CPU per
+    collection worker it may use (``max_workers`` with autoscale, else ``num_workers``): its
+    placement group holds them, so the trial's workers and their scaler stay inside it."""
+    if OmegaConf.select(config, "resources.name") != "ray":
         return {"cpu": threads}
+    ray_settings = OmegaConf.select(config, "resources.ray")
+    workers = ray_settings.max_workers if ray_settings.autoscale else ray_settings.num_workers
     return tune.PlacementGroupFactory([{"CPU": threads}] + [{"CPU": 1}] * int(workers))
 
 
