@@ -12,7 +12,7 @@ from src.backtest.metrics import deflated_sharpe, expected_max_sharpe, probabili
 from src.config_checks import ConfigError
 from src.seeds import aggregate, with_sweep_overrides
 from src.walk_forward import fold_bounds, stitch
-from tests.conftest import compose_config, run_cli, runs
+from tests.conftest import compose_config, runs
 
 
 @settings(max_examples=200, deadline=None)
@@ -107,11 +107,15 @@ def test_from_sweep_applies_the_best_overrides(tmp_path):
 
 
 @pytest.mark.slow
-def test_walk_forward_runs_folds_as_child_runs_and_stitches_them(tmp_path):
+def test_walk_forward_runs_folds_as_child_runs_and_stitches_them(tmp_path, monkeypatch, capsys):
+    from src.run import job
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     out = tmp_path / "out"
-    result = run_cli(tmp_path, "experiment=quick", "mode=walk_forward", "walk_forward.folds=3",
-                     "backtest.plots=false", f"hydra.run.dir={out}")
-    assert "Walk-forward: 3 folds (rolling)" in result.stdout and "stitched" in result.stdout
+    job(compose_config(["experiment=quick", "mode=walk_forward", "walk_forward.folds=3",
+                        "agent.total_frames=8192", "agent.progress=false", "backtest.plots=false"]), out)
+    printed = capsys.readouterr().out
+    assert "Walk-forward: 3 folds (rolling)" in printed and "stitched" in printed
     report = json.loads((out / "walk_forward.json").read_text())
     tests = [row["test"].split("..") for row in report["folds"]]
     assert all(a[1] <= b[0] for a, b in zip(tests, tests[1:]))  # fold test segments in order

@@ -7,7 +7,7 @@ import pytest
 from src import registry
 from src.backtest.grid import combinations
 from src.backtest.sizing import with_risk_columns
-from tests.conftest import compose_config, run_cli, runs
+from tests.conftest import compose_config, runs
 
 
 @pytest.mark.parametrize("backtest", ["default", "risk_managed"])
@@ -37,17 +37,20 @@ def test_a_grid_needs_a_rule_agent(market_df):
         combinations(cfg, registry.build("env", cfg.env, market_df, seed=0))
 
 
-@pytest.mark.slow
-def test_grid_mode_selects_on_validation_and_reports_test_separately(tmp_path):
-    result = run_cli(tmp_path, "mode=grid", "agent=sma_cross", f"hydra.run.dir={tmp_path}/out",
-                     "grid.params.fast=[5,20]", "grid.params.slow=[50,100,200]", "data.n_bars=4000")
-    assert "Grid: top 6 of 6 by val_sharpe" in result.stdout
-    grid = pd.read_csv(tmp_path / "out" / "grid.csv")
+def test_grid_mode_selects_on_validation_and_reports_test_separately(tmp_path, monkeypatch, capsys):
+    from src.run import run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    out = tmp_path / "out"
+    run(compose_config(["mode=grid", "agent=sma_cross", "grid.params.fast=[5,20]",
+                        "grid.params.slow=[50,100,200]", "data.n_bars=4000"]), out)
+    assert "Grid: top 6 of 6 by val_sharpe" in capsys.readouterr().out
+    grid = pd.read_csv(out / "grid.csv")
     assert len(grid) == 6 and grid["val_sharpe"].is_monotonic_decreasing
-    best = json.loads((tmp_path / "out" / "grid_best.json").read_text())
+    best = json.loads((out / "grid_best.json").read_text())
     assert best["params"] == {"fast": int(grid.iloc[0]["fast"]), "slow": int(grid.iloc[0]["slow"])}
     assert best["validation"]["sharpe"] == pytest.approx(grid.iloc[0]["val_sharpe"])
-    assert (tmp_path / "out" / "plots" / "grid_heatmap.png").stat().st_size > 5000
+    assert (out / "plots" / "grid_heatmap.png").stat().st_size > 5000
     [run] = runs(tmp_path)
     assert run.data.params["grid.best.fast"] == str(best["params"]["fast"])
     assert run.data.metrics["test/sharpe"] == pytest.approx(best["test"]["sharpe"])
