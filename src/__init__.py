@@ -1,4 +1,5 @@
 """rltrade: honest, fast, reproducible RL trading research."""
+
 from omegaconf import OmegaConf
 
 # ${join_keys:${scenario}} -> "flash_crash+low_liquidity": names of a composable group's selection

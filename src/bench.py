@@ -22,6 +22,7 @@ thread count in ``--threads`` (torch's and numba's threads; default 1):
   same process, which every other figure is quoted against;
 - multi-agent kernel: agent-steps/s of src/envs/multi_market.py for E x K = 256 x 4 and 64 x 16.
 """
+
 import argparse
 import json
 import shutil
@@ -53,8 +54,7 @@ def bench_frame(seed: int = 0) -> pd.DataFrame:
     """Random-walk OHLC with 16 random feature columns (the kernel's speed ignores their values)."""
     rng = np.random.default_rng(seed)
     close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, N_BARS)))
-    columns = {"$open": close, "$high": close, "$low": close, "$close": close,
-               "$volume": np.ones(N_BARS)}
+    columns = {"$open": close, "$high": close, "$low": close, "$close": close, "$volume": np.ones(N_BARS)}
     columns |= {f"$f{j}": rng.normal(size=N_BARS).astype(np.float32) for j in range(N_FEATURES)}
     return pd.DataFrame(columns, index=pd.date_range("2024", periods=N_BARS, freq="h", tz="UTC"))
 
@@ -96,8 +96,7 @@ def wrapped_rate(df, n: int, seconds: float) -> float:
     return timed(step, seconds, n)
 
 
-def ppo_rate(df, n: int, seconds: float, hidden: tuple[int, ...] = (64, 64),
-             device: str = "cpu") -> float:
+def ppo_rate(df, n: int, seconds: float, hidden: tuple[int, ...] = (64, 64), device: str = "cpu") -> float:
     """PPO training frames/s on ``n`` envs (collection + GAE + updates) with an MLP of ``hidden``."""
     from src.resources import Compute
 
@@ -113,8 +112,7 @@ def ppo_rate(df, n: int, seconds: float, hidden: tuple[int, ...] = (64, 64),
     env = TradingEnv(market, ActionSpace("discrete", False, 1.0))
     agent = PPOAgent(cfg, WINDOW, N_FEATURES, env.actions, env.action_spec, seed=0)
     start = time.perf_counter()
-    agent.fit(env, lambda metrics, step: None,
-              compute=Compute(torch.device(device), torch.get_num_threads()))
+    agent.fit(env, lambda metrics, step: None, compute=Compute(torch.device(device), torch.get_num_threads()))
     return cfg.total_frames / (time.perf_counter() - start)
 
 
@@ -122,8 +120,9 @@ def multi_agent_rate(df, markets: int, agents: int, seconds: float) -> float:
     """Agent-steps/s of the multi-agent kernel (impact on, in-kernel auto-reset)."""
     from src.envs.multi_market import Impact, MultiMarket
 
-    market = MultiMarket(df, feature_names(), markets, agents, WINDOW, RULES, Impact(0.02, 0.01),
-                         seed=0, auto_reset=True)
+    market = MultiMarket(
+        df, feature_names(), markets, agents, WINDOW, RULES, Impact(0.02, 0.01), seed=0, auto_reset=True
+    )
     market.reset()
     targets = np.random.default_rng(0).choice([0.0, 1.0], size=(64, markets * agents))
     k = iter(range(10**12))
@@ -174,22 +173,45 @@ def run(seconds: float, thread_counts: list[int]) -> list[dict]:
     for n in ENV_COUNTS:
         set_threads(1)
         reference = python_rate(df, n, seconds)
-        rows.append({"measure": "python reference", "num_envs": n, "threads": 1,
-                     "per_second": reference, "x_python_reference": 1.0})
+        rows.append(
+            {
+                "measure": "python reference",
+                "num_envs": n,
+                "threads": 1,
+                "per_second": reference,
+                "x_python_reference": 1.0,
+            }
+        )
         for threads in thread_counts:
             set_threads(threads)
-            for name, rate in [("kernel", kernel_rate(df, n, seconds)),
-                               ("torchrl wrapped", wrapped_rate(df, n, seconds)),
-                               ("ppo training", ppo_rate(df, n, seconds))]:
+            for name, rate in [
+                ("kernel", kernel_rate(df, n, seconds)),
+                ("torchrl wrapped", wrapped_rate(df, n, seconds)),
+                ("ppo training", ppo_rate(df, n, seconds)),
+            ]:
                 ratio = rate / reference if name != "ppo training" else None  # frames are not env-steps
-                rows.append({"measure": name, "num_envs": n, "threads": threads, "per_second": rate,
-                             "x_python_reference": ratio})
+                rows.append(
+                    {
+                        "measure": name,
+                        "num_envs": n,
+                        "threads": threads,
+                        "per_second": rate,
+                        "x_python_reference": ratio,
+                    }
+                )
     for markets, agents in MARKETS_X_AGENTS:  # agent-steps/s: one agent in one market for one bar
         for threads in thread_counts:
             set_threads(threads)
-            rows.append({"measure": "multi-agent kernel", "num_envs": markets, "agents": agents,
-                         "threads": threads, "per_second": multi_agent_rate(df, markets, agents, seconds),
-                         "x_python_reference": None})
+            rows.append(
+                {
+                    "measure": "multi-agent kernel",
+                    "num_envs": markets,
+                    "agents": agents,
+                    "threads": threads,
+                    "per_second": multi_agent_rate(df, markets, agents, seconds),
+                    "x_python_reference": None,
+                }
+            )
     return rows
 
 
@@ -223,15 +245,19 @@ class GpuSampler:
         if not self.samples:
             return {"gpu_util_mean": None, "gpu_util_max": None, "gpu_memory_gb_max": None}
         use, memory = np.array(self.samples).T
-        return {"gpu_util_mean": float(use.mean()), "gpu_util_max": float(use.max()),
-                "gpu_memory_gb_max": float(memory.max())}
+        return {
+            "gpu_util_mean": float(use.mean()),
+            "gpu_util_max": float(use.max()),
+            "gpu_memory_gb_max": float(memory.max()),
+        }
 
 
 def ppo_suite(seconds: float, device: str, threads: int) -> list[dict]:
     """PPO frames/s with a 2 x 256 MLP for PPO_ENV_COUNTS envs on ``device``."""
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"--device {device}: torch sees no CUDA GPU on this machine; no GPU figure "
-                         "can be measured here")
+        raise SystemExit(
+            f"--device {device}: torch sees no CUDA GPU on this machine; no GPU figure can be measured here"
+        )
     set_threads(threads)
     df = bench_frame()
     rows = []
@@ -242,23 +268,37 @@ def ppo_suite(seconds: float, device: str, threads: int) -> list[dict]:
                 rate = ppo_rate(df, n, seconds, (256, 256), device)
         else:
             rate = ppo_rate(df, n, seconds, (256, 256), device)
-        rows.append({"measure": "ppo training 2x256", "num_envs": n, "threads": threads,
-                     "device": device, "per_second": rate,
-                     **(gpu.summary() if gpu is not None else {})})
+        rows.append(
+            {
+                "measure": "ppo training 2x256",
+                "num_envs": n,
+                "threads": threads,
+                "device": device,
+                "per_second": rate,
+                **(gpu.summary() if gpu is not None else {}),
+            }
+        )
     return rows
 
 
 def ppo_table(rows: list[dict]) -> Table:
     out = Table(title="PPO training frames/s, 2 x 256 MLP")
-    for column in ("device", "num_envs", "threads", "frames/s", "GPU util mean %", "GPU util max %",
-                   "GPU memory GB"):
+    for column in ("device", "num_envs", "threads", "frames/s", "GPU util mean %", "GPU util max %", "GPU memory GB"):
         out.add_column(column, justify="left" if column == "device" else "right")
+
+    def fmt(row: dict, key: str, spec: str) -> str:
+        return "-" if row.get(key) is None else format(row[key], spec)
+
     for row in rows:
-        def fmt(key, spec):
-            return "-" if row.get(key) is None else format(row[key], spec)
-        out.add_row(row["device"], str(row["num_envs"]), str(row["threads"]),
-                    f"{row['per_second']:,.0f}", fmt("gpu_util_mean", ".0f"),
-                    fmt("gpu_util_max", ".0f"), fmt("gpu_memory_gb_max", ".2f"))
+        out.add_row(
+            row["device"],
+            str(row["num_envs"]),
+            str(row["threads"]),
+            f"{row['per_second']:,.0f}",
+            fmt(row, "gpu_util_mean", ".0f"),
+            fmt(row, "gpu_util_max", ".0f"),
+            fmt(row, "gpu_memory_gb_max", ".2f"),
+        )
     return out
 
 
@@ -275,14 +315,16 @@ def features_suite(n_bars: int, cache_dir: Path) -> list[dict]:
     df = synthetic_ohlcv(n_bars, seed=0)
     shutil.rmtree(cache_dir, ignore_errors=True)
     rows = []
-    for label, cache in [("compute", None), ("compute + write cache", str(cache_dir)),
-                         ("load from cache", str(cache_dir))]:
+    for label, cache in [
+        ("compute", None),
+        ("compute + write cache", str(cache_dir)),
+        ("load from cache", str(cache_dir)),
+    ]:
         cfg.cache_dir = cache
         featurize = registry.build("features", cfg)
         start = time.perf_counter()
         out = featurize(df, fit_rows=int(n_bars * 0.7))
-        rows.append({"step": label, "bars": n_bars, "columns": out.shape[1],
-                     "seconds": time.perf_counter() - start})
+        rows.append({"step": label, "bars": n_bars, "columns": out.shape[1], "seconds": time.perf_counter() - start})
     return rows
 
 
@@ -302,20 +344,29 @@ def paper_suite(n_bars: int) -> list[dict]:
     rows = []
     for agent_name in ("ppo", "buy_and_hold"):
         with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            cfg = compose("config", overrides=[f"agent={agent_name}", "mode=paper", "paper.panel=false",
-                                               f"feed.max_bars={n_bars}", f"paper.journal_dir={tmp}",
-                                               f"paper.session=bench-{agent_name}"])
+            cfg = compose(
+                "config",
+                overrides=[
+                    f"agent={agent_name}",
+                    "mode=paper",
+                    "paper.panel=false",
+                    f"feed.max_bars={n_bars}",
+                    f"paper.journal_dir={tmp}",
+                    f"paper.session=bench-{agent_name}",
+                ],
+            )
             market = Market(cfg)
             train = market.train()
             env = registry.build("env", cfg.env, train, seed=cfg.seed, num_envs=1)
             contract = policy_contract(cfg, feature_columns(train), market.scaler)
 
-            def factory():
+            def factory(cfg=cfg, env=env):
                 return registry.build("agent", cfg.agent, env, seed=cfg.seed), env.actions
 
             start = time.perf_counter()
-            result = paper_trade(cfg, market.raw, market.bounds.test, factory, market.featurize,
-                                 contract, None, Path(tmp) / "out")
+            result = paper_trade(
+                cfg, market.raw, market.bounds.test, factory, market.featurize, contract, None, Path(tmp) / "out"
+            )
             session_seconds = time.perf_counter() - start
             test_df, _ = market.test(cfg.scenario)
             backtester = registry.build("backtest", cfg.backtest, cfg.env, env.actions)
@@ -323,23 +374,36 @@ def paper_suite(n_bars: int) -> list[dict]:
             backtester.run(factory()[0], test_df.iloc[: n_bars + cfg.env.window_size])
             backtest_seconds = time.perf_counter() - start
         latency = result["latency_ms"]
-        rows.append({"agent": agent_name, "bars": result["bars"], "p50_ms": latency["p50"],
-                     "p99_ms": latency["p99"], "max_ms": latency["max"],
-                     "session_bars_per_second": result["bars"] / session_seconds,
-                     "backtest_bars_per_second": n_bars / backtest_seconds,
-                     "parity": result["parity"]})
+        rows.append(
+            {
+                "agent": agent_name,
+                "bars": result["bars"],
+                "p50_ms": latency["p50"],
+                "p99_ms": latency["p99"],
+                "max_ms": latency["max"],
+                "session_bars_per_second": result["bars"] / session_seconds,
+                "backtest_bars_per_second": n_bars / backtest_seconds,
+                "parity": result["parity"],
+            }
+        )
     return rows
 
 
 def paper_table(rows: list[dict]) -> Table:
     out = Table(title="Paper session on replay: decision latency (bar arrival -> target)")
-    for column in ("agent", "bars", "p50 ms", "p99 ms", "max ms", "session bars/s",
-                   "backtest bars/s", "parity"):
+    for column in ("agent", "bars", "p50 ms", "p99 ms", "max ms", "session bars/s", "backtest bars/s", "parity"):
         out.add_column(column, justify="left" if column in ("agent", "parity") else "right")
     for row in rows:
-        out.add_row(row["agent"], str(row["bars"]), f"{row['p50_ms']:.2f}", f"{row['p99_ms']:.2f}",
-                    f"{row['max_ms']:.2f}", f"{row['session_bars_per_second']:,.0f}",
-                    f"{row['backtest_bars_per_second']:,.0f}", row["parity"])
+        out.add_row(
+            row["agent"],
+            str(row["bars"]),
+            f"{row['p50_ms']:.2f}",
+            f"{row['p99_ms']:.2f}",
+            f"{row['max_ms']:.2f}",
+            f"{row['session_bars_per_second']:,.0f}",
+            f"{row['backtest_bars_per_second']:,.0f}",
+            row["parity"],
+        )
     return out
 
 
@@ -348,8 +412,13 @@ def features_table(rows: list[dict]) -> Table:
     for column in ("step", "bars", "columns", "seconds", "x compute"):
         out.add_column(column, justify="left" if column == "step" else "right")
     for row in rows:
-        out.add_row(row["step"], f"{row['bars']:,}", str(row["columns"]), f"{row['seconds']:.2f}",
-                    f"{row['seconds'] / rows[0]['seconds']:.2f}")
+        out.add_row(
+            row["step"],
+            f"{row['bars']:,}",
+            str(row["columns"]),
+            f"{row['seconds']:.2f}",
+            f"{row['seconds'] / rows[0]['seconds']:.2f}",
+        )
     return out
 
 
@@ -360,21 +429,28 @@ def table(rows: list[dict]) -> Table:
     for row in rows:
         ratio = row["x_python_reference"]
         envs = f"{row['num_envs']}x{row['agents']}" if "agents" in row else str(row["num_envs"])
-        out.add_row(row["measure"], envs, str(row["threads"]),
-                    f"{row['per_second']:,.0f}", "-" if ratio is None else f"{ratio:,.1f}")
+        out.add_row(
+            row["measure"],
+            envs,
+            str(row["threads"]),
+            f"{row['per_second']:,.0f}",
+            "-" if ratio is None else f"{ratio:,.1f}",
+        )
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=["env", "ppo", "features", "paper"], default="env")
-    parser.add_argument("--threads", default="1",
-                        help="env: comma-separated thread counts (e.g. 1,2); ppo: the first one")
+    parser.add_argument(
+        "--threads", default="1", help="env: comma-separated thread counts (e.g. 1,2); ppo: the first one"
+    )
     parser.add_argument("--device", default="cpu", help="ppo: the learner's device (cpu, cuda)")
     parser.add_argument("--json", type=Path, default=None, help="default outputs/bench_<suite>.json")
     parser.add_argument("--seconds", type=float, default=1.5, help="env: time per measurement")
-    parser.add_argument("--bars", type=int, default=None,
-                        help="features: bars to compute (1,000,000); paper: bars to replay (1,000)")
+    parser.add_argument(
+        "--bars", type=int, default=None, help="features: bars to compute (1,000,000); paper: bars to replay (1,000)"
+    )
     args = parser.parse_args()
     thread_counts = [int(t) for t in args.threads.split(",")]
     if args.suite == "env":

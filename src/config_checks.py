@@ -4,6 +4,7 @@ value and the valid range, and ``src.run`` prints it without a traceback.
 ``RANGES`` covers the ``env``, ``backtest``, ``split`` and ``resources`` groups; scenario
 parameters are checked by ``src/scenarios/injectors.py: check_params`` with the same ``Range``.
 """
+
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -41,9 +42,9 @@ class Range:
 
 POSITIVE = Range(0, low_open=True)
 NON_NEGATIVE = Range(0)
-FRACTION = Range(0, 1)            # [0, 1]
+FRACTION = Range(0, 1)  # [0, 1]
 OPEN_FRACTION = Range(0, 1, high_open=True)  # [0, 1)
-COUNT = Range(1, integer=True)    # 1, 2, ...
+COUNT = Range(1, integer=True)  # 1, 2, ...
 NON_NEGATIVE_COUNT = Range(0, integer=True)
 
 RANGES: dict[str, Range] = {

@@ -3,6 +3,8 @@
 Each component module registers itself with ``@register(group, name)``; a config selects one by its
 ``name`` field. ``build(group, cfg, ...)`` looks the name up and calls the factory with the config.
 """
+
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -29,32 +31,39 @@ def register(group: str, name: str) -> Callable[[Callable[..., Any]], Callable[.
     return add
 
 
-def _load_components() -> None:
-    """Import every module that registers components (imports are cheap and idempotent)."""
-    import src.agents  # noqa: F401
-    import src.backtest.engine  # noqa: F401
-    import src.data  # noqa: F401
-    import src.envs  # noqa: F401
-    import src.features  # noqa: F401
-    import src.live.feeds  # noqa: F401
-    import src.resources  # noqa: F401
-    import src.scenarios  # noqa: F401
+# the modules whose import registers each group's components: a lookup imports only its group's
+# (a scenario or data lookup stays free of torch and torchrl)
+MODULES = {
+    "data": "src.data",
+    "features": "src.features",
+    "env": "src.envs",
+    "agent": "src.agents",
+    "backtest": "src.backtest.engine",
+    "scenario": "src.scenarios",
+    "resources": "src.resources",
+    "feed": "src.live.feeds",
+}
+
+
+def _load_components(group: str) -> None:
+    importlib.import_module(MODULES[group])  # cheap and idempotent after the first time
 
 
 def names(group: str) -> list[str]:
-    _load_components()
+    """The registered names of ``group``."""
+    _load_components(group)
     return sorted(_REGISTRY[group])
 
 
 def lookup(group: str, name: str) -> Callable[..., Any]:
     """The factory for ``name`` in ``group``; an unknown name lists the valid ones."""
-    _load_components()
     if group not in _REGISTRY:
         raise UnknownComponentError(f"unknown config group {group!r}; groups: {', '.join(GROUPS)}")
+    _load_components(group)
     try:
         return _REGISTRY[group][name]
     except KeyError:
-        valid = ", ".join(sorted(_REGISTRY[group]))
+        valid = ", ".join(names(group))
         raise UnknownComponentError(
             f"unknown {group} {name!r} (config field {group}). Valid names: {valid}. "
             f"Pick one with `{group}=<name>` on the command line."

@@ -6,6 +6,7 @@ that many CPUs and runs with it (``hydra.sweeper.cpus_per_trial`` overrides it f
 ``device`` is where the learner runs (policy, value net, GAE, PPO updates); the env is always the
 CPU numba kernel. ``resources=ray`` collects experience on Ray workers (src/agents/collection.py).
 """
+
 from dataclasses import dataclass
 
 import numba
@@ -35,8 +36,10 @@ def apply_threads(cfg) -> int:
     """Pin torch's and numba's threads to ``num_threads`` (null: every core numba sees)."""
     threads = int(cfg.num_threads or numba.config.NUMBA_NUM_THREADS)
     if threads > numba.config.NUMBA_NUM_THREADS:
-        raise ConfigError(f"resources.num_threads={threads} is out of range; valid: an integer in "
-                          f"[1, {numba.config.NUMBA_NUM_THREADS}] (the cores of this machine)")
+        raise ConfigError(
+            f"resources.num_threads={threads} is out of range; valid: an integer in "
+            f"[1, {numba.config.NUMBA_NUM_THREADS}] (the cores of this machine)"
+        )
     torch.set_num_threads(threads)
     numba.set_num_threads(threads)
     return threads
@@ -47,8 +50,10 @@ def learner_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise ConfigError(f"resources.device={name!r}; valid: cpu, cuda, cuda:<index>")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"resources.device={name!r} but torch sees no CUDA GPU on this machine "
-                          "(torch.cuda.is_available() is False); use resources=local")
+        raise ConfigError(
+            f"resources.device={name!r} but torch sees no CUDA GPU on this machine "
+            "(torch.cuda.is_available() is False); use resources=local"
+        )
     return torch.device(name)
 
 
@@ -63,6 +68,8 @@ def build_ray(cfg) -> Compute:
     """Collection on ``resources.ray.num_workers`` Ray workers, the learner here on ``device``."""
     ray = cfg.ray
     if not ray.min_workers <= ray.num_workers <= ray.max_workers:
-        raise ConfigError(f"resources.ray.num_workers={ray.num_workers} must lie in "
-                          f"[min_workers={ray.min_workers}, max_workers={ray.max_workers}]")
+        raise ConfigError(
+            f"resources.ray.num_workers={ray.num_workers} must lie in "
+            f"[min_workers={ray.min_workers}, max_workers={ray.max_workers}]"
+        )
     return Compute(learner_device(cfg.device), apply_threads(cfg), ray)

@@ -2,6 +2,7 @@
 
 ``python -m src.run [group=option ...] [key=value ...]``; see conf/config.yaml.
 """
+
 import json
 import random
 import signal
@@ -25,22 +26,24 @@ from src.agents.calibrate import calibrated
 from src.agents.checkpoint import policy_contract
 from src.agents.resume import TrainingCheckpoints, TrainingInterrupted, checkpoint_dir
 from src.backtest.grid import grid_search
-from src.backtest.metrics import periods_per_year, psr_against
+from src.backtest.metrics import psr_against
 from src.backtest.multi_agent import RandomLearners, backtest_market, print_market
 from src.backtest.plots import html_report, save_plots
 from src.backtest.sizing import with_risk_columns
 from src.config_checks import ConfigError, check_ranges
 from src.data.ccxt_source import ExchangeConfigError
+from src.data.timeframes import periods_per_year
 from src.data.validate import DataValidationError
 from src.envs.torchrl_env import feature_columns
 from src.live import session
+from src.scenarios import apply_scenarios, check_params, scenario_names
 from src.seeds import run_seeds, with_sweep_overrides
-from src.walk_forward import run_walk_forward
-from src.scenarios import apply_scenarios, check_params
+from src.settings import load_environment
 from src.splits import SplitBounds, split_bounds, with_history
 from src.summary import report, stress_report
 from src.tracking import listeners
 from src.tracking.mlflow_run import mlflow_run
+from src.walk_forward import run_walk_forward
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "conf" / "scenario"
 MODES = ("single", "stress", "paper", "replay_journal", "grid", "walk_forward")
@@ -69,8 +72,10 @@ class Market:
         self.val_start = self.bounds.validation - self.shift
         self.test_start = self.bounds.test - self.shift
         if self.val_start <= cfg.env.window_size + cfg.env.episode_length:
-            raise ValueError(f"train split has {self.val_start} bars after feature warm-up: too few "
-                             "for window_size + episode_length; use more data (data.n_bars)")
+            raise ValueError(
+                f"train split has {self.val_start} bars after feature warm-up: too few "
+                "for window_size + episode_length; use more data (data.n_bars)"
+            )
 
     def _features(self, raw: pd.DataFrame) -> pd.DataFrame:
         return with_risk_columns(self.featurize(raw, fit_rows=self.bounds.validation), self.cfg.backtest)
@@ -90,19 +95,22 @@ class Market:
         of what it injected."""
         stressed_raw, marks = apply_scenarios(self.raw, self.bounds.test, scenario)
         stressed = self.clean if stressed_raw is self.raw else self._features(stressed_raw)
-        return with_history(stressed, self.test_start, len(stressed), self.history), marks
+        return with_history(stressed, self.test_start, self.bounds.end - self.shift, self.history), marks
 
     def quality(self) -> dict:
         found = self.raw.attrs.get("data_quality") or {}
-        return {"data_quality.bars": len(self.raw), "features.warmup_rows": self.shift,
-                **{f"data_quality.{k}": v for k, v in found.items()}}
+        return {
+            "data_quality.bars": len(self.raw),
+            "features.warmup_rows": self.shift,
+            **{f"data_quality.{k}": v for k, v in found.items()},
+        }
 
 
 def stress_scenarios(cfg: DictConfig) -> dict[str, DictConfig]:
     """{name: scenario config} for stress mode, ``none`` (the baseline) always first: the run's
     own settings for a scenario it selects, else the defaults in conf/scenario/<name>.yaml."""
     out = {}
-    for name in dict.fromkeys(["none", *cfg.stress.scenarios]):
+    for name in dict.fromkeys(["none", *(cfg.stress.scenarios or registry.names("scenario"))]):
         if name in cfg.scenario:
             params = cfg.scenario[name]
         else:
@@ -125,19 +133,25 @@ def check_config(cfg: DictConfig) -> None:
     check_params(cfg.scenario)
     multi = cfg.env.name == "multi_agent"
     if multi != (cfg.agent.name in ("mappo", "ippo")):
-        raise ConfigError(f"env={cfg.env.name} with agent={cfg.agent.name}: the multi-agent market "
-                          "trains agent=mappo or agent=ippo, and those need env=multi_agent")
+        raise ConfigError(
+            f"env={cfg.env.name} with agent={cfg.agent.name}: the multi-agent market "
+            "trains agent=mappo or agent=ippo, and those need env=multi_agent"
+        )
     if multi and cfg.mode not in ("single", "stress"):
         raise ConfigError(f"mode={cfg.mode} with env=multi_agent; valid: single, stress")
     if cfg.mode == "stress":
         for scenario in stress_scenarios(cfg).values():
             check_params(scenario)
-    if (cfg.stress.train_under_scenario and cfg.features.normalize.method == "train_zscore"
-            and list(cfg.scenario) != ["none"]):
+    if (
+        cfg.stress.train_under_scenario
+        and cfg.features.normalize.method == "train_zscore"
+        and list(cfg.scenario) != ["none"]
+    ):
         raise ConfigError(
             "stress.train_under_scenario=true with features.normalize.method=train_zscore would fit "
             "the scaler on stressed train bars and apply it to unstressed validation and test bars; "
-            "valid: features.normalize.method=rolling_zscore or none, or train_under_scenario=false")
+            "valid: features.normalize.method=rolling_zscore or none, or train_under_scenario=false"
+        )
 
 
 def run(cfg: DictConfig, output_dir: Path, market: "Market | None" = None) -> dict[str, dict[str, float]]:
@@ -164,11 +178,14 @@ def run(cfg: DictConfig, output_dir: Path, market: "Market | None" = None) -> di
     validation_df = market.validation()
     multi = cfg.env.name == "multi_agent"
     if multi:
+
         def evaluate(a):
             return backtest_market(cfg, validation_df, a).learners_mean
     else:
+
         def evaluate(a):
             return backtester.run(a, validation_df).metrics
+
     stored = session.stored_meta(cfg) if cfg.mode == "paper" else {}
     checkpoint = cfg.agent.get("checkpoint") or stored.get("checkpoint")
     resumed = training.load() if training is not None and cfg.agent.resume else None
@@ -189,8 +206,7 @@ def run(cfg: DictConfig, output_dir: Path, market: "Market | None" = None) -> di
                 agent.load(Path(cfg.agent.warm_start), contract, check=False)
             if training is not None:
                 training.meta["mlflow_run_id"] = active.info.run_id
-            agent.fit(train_env, _log_metrics, evaluate, compute=compute,
-                      checkpoints=None if multi else training)
+            agent.fit(train_env, _log_metrics, evaluate, compute=compute, checkpoints=None if multi else training)
             if getattr(agent, "scaling_log", None):
                 mlflow.log_text("\n".join(agent.scaling_log), "ray_scaling.txt")
         if cfg.mode == "paper":
@@ -226,8 +242,9 @@ def _paper(cfg, market, train_env, agent, contract, checkpoint, output_dir) -> d
         cfg.paper.session = session.session_name(cfg)
     saved = agent.save(output_dir / "policy.pt", contract)
     policy = Path(checkpoint) if checkpoint else saved
-    mlflow.log_params({"paper.checkpoint": str(policy), "paper.feed": cfg.feed.name,
-                       "paper.session": cfg.paper.session})
+    mlflow.log_params(
+        {"paper.checkpoint": str(policy), "paper.feed": cfg.feed.name, "paper.session": cfg.paper.session}
+    )
 
     def fresh_agent():
         built = registry.build("agent", cfg.agent, train_env, seed=cfg.seed)
@@ -235,8 +252,9 @@ def _paper(cfg, market, train_env, agent, contract, checkpoint, output_dir) -> d
             built.load(policy, contract)
         return built, train_env.actions
 
-    result = session.paper_trade(cfg, market.raw, market.bounds.test, fresh_agent, market.featurize,
-                                 contract, policy, output_dir)
+    result = session.paper_trade(
+        cfg, market.raw, market.bounds.test, fresh_agent, market.featurize, contract, policy, output_dir
+    )
     return {"validation": {}, "paper": result}
 
 
@@ -247,7 +265,7 @@ def _multi_agent(cfg, market, agent, validation, contract, output_dir) -> dict:
     if not cfg.evaluate_test:
         mlflow.set_tag("test_evaluated", "false")
         return {"validation": validation}
-    scenarios = stress_scenarios(cfg) if cfg.mode == "stress" else {"+".join(cfg.scenario): cfg.scenario}
+    scenarios = stress_scenarios(cfg) if cfg.mode == "stress" else {scenario_names(cfg.scenario): cfg.scenario}
     table, artifacts = {}, [output_dir / "config.yaml", agent.save(output_dir / "policy.pt", contract)]
     for name, scenario in scenarios.items():
         test_df, _ = market.test(scenario)
@@ -287,16 +305,27 @@ def _backtest(cfg, market, backtester, agent, contenders, output_dir, artifacts)
         if name != agent.name:
             mlflow.log_metrics({f"baseline/{name}/{k}": v for k, v in result.metrics.items()})
     main.trades.to_csv(output_dir / "trades.csv", index=False)
+    main.trades.to_parquet(output_dir / "trades.parquet", index=False)  # typed; CSV for spreadsheets
     baseline = [r.equity.rename(name) for name, r in results.items() if name != agent.name]
     position = pd.Series(main.positions, index=main.equity.index, name="position")
-    pd.concat([main.equity, main.financing, position, *baseline], axis=1).to_csv(output_dir / "equity.csv")
+    curves = pd.concat([main.equity, main.financing, position, *baseline], axis=1)
+    curves.to_csv(output_dir / "equity.csv")
+    curves.to_parquet(output_dir / "equity.parquet")
     metrics = {name: r.metrics for name, r in results.items()}
-    title = (f"Test split ({test_df.index[cfg.env.window_size - 1]:%Y-%m-%d} .. "
-             f"{test_df.index[-1]:%Y-%m-%d}), scenario={'+'.join(cfg.scenario)}")
-    artifacts += [output_dir / "trades.csv", output_dir / "equity.csv"]
+    title = (
+        f"Test split ({test_df.index[cfg.env.window_size - 1]:%Y-%m-%d} .. "
+        f"{test_df.index[-1]:%Y-%m-%d}), scenario={scenario_names(cfg.scenario)}"
+    )
+    artifacts += [output_dir / name for name in ("trades.csv", "trades.parquet", "equity.csv", "equity.parquet")]
     if cfg.backtest.plots:
-        images = save_plots({n: r.equity for n, r in results.items()}, main.positions,
-                            output_dir / "plots", agent.name, periods_per_year(main.equity.index), marks)
+        images = save_plots(
+            {n: r.equity for n, r in results.items()},
+            main.positions,
+            output_dir / "plots",
+            agent.name,
+            periods_per_year(main.equity.index),
+            marks,
+        )
         artifacts += images + [html_report(title, metrics, images, main.trades, output_dir / "report.html")]
     report(metrics, title, output_dir / "summary.json", marks)
     artifacts.append(output_dir / "summary.json")
@@ -313,9 +342,14 @@ def _stress(cfg, market, backtester, agent, contenders, output_dir, artifacts) -
         for n, r in results.items():
             mlflow.log_metrics({f"stress/{name}/{n}/{k}": v for k, v in r.metrics.items()})
         if cfg.backtest.plots:
-            artifacts += save_plots({n: r.equity for n, r in results.items()},
-                                    results[agent.name].positions, output_dir / "plots" / name,
-                                    agent.name, periods_per_year(test_df.index), marks)[:1]
+            artifacts += save_plots(
+                {n: r.equity for n, r in results.items()},
+                results[agent.name].positions,
+                output_dir / "plots" / name,
+                agent.name,
+                periods_per_year(test_df.index),
+                marks,
+            )[:1]
     stress_report(table, agent.name, output_dir / "stress.json")
     artifacts.append(output_dir / "stress.json")
     return table["none"]
@@ -325,6 +359,7 @@ def _stress(cfg, market, backtester, agent, contenders, output_dir, artifacts) -
 def sigterm_interrupts():
     """SIGTERM (a scheduler or ``kill`` stopping the run) is handled like Ctrl-C: a checkpoint is
     written and the MLflow run is marked KILLED."""
+
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
@@ -345,8 +380,7 @@ def job(cfg: DictConfig, output_dir: Path) -> dict:
     return run(cfg, output_dir)
 
 
-USER_ERRORS = (DataValidationError, ExchangeConfigError, registry.UnknownComponentError,
-               FileNotFoundError, ConfigError)
+USER_ERRORS = (DataValidationError, ExchangeConfigError, registry.UnknownComponentError, FileNotFoundError, ConfigError)
 
 
 def _log_metrics(metrics: dict[str, float], step: int) -> None:
@@ -377,17 +411,23 @@ def main(cfg: DictConfig) -> dict[str, float]:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     except TrainingInterrupted as stop:
-        where = (f"checkpoint {stop.checkpoint}; rerun the same command with agent.resume=true"
-                 if stop.checkpoint else "no iteration finished, nothing to resume")
+        where = (
+            f"checkpoint {stop.checkpoint}; rerun the same command with agent.resume=true"
+            if stop.checkpoint
+            else "no iteration finished, nothing to resume"
+        )
         print(f"interrupted: training stopped, {where}", file=sys.stderr)
         raise SystemExit(130) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
-    return {**{f"val/{k}": v for k, v in metrics["validation"].items()},
-            **{f"test/{k}": v for k, v in metrics.get(cfg.agent.name, {}).items()},
-            "output_dir": str(output_dir.absolute())}
+    return {
+        **{f"val/{k}": v for k, v in metrics["validation"].items()},
+        **{f"test/{k}": v for k, v in metrics.get(cfg.agent.name, {}).items()},
+        "output_dir": str(output_dir.absolute()),
+    }
 
 
 if __name__ == "__main__":
+    load_environment()  # ENV profile files, before Hydra composes
     main()

@@ -8,6 +8,7 @@ fraction of seeds whose test Sharpe exceeds buy-and-hold's in the same seed. The
 ratio is that of the best seed, deflated for having N seeds to pick from (what reporting the best
 seed would claim, discounted). Every seed's equity curve goes in one plot.
 """
+
 import copy
 import json
 from pathlib import Path
@@ -46,14 +47,23 @@ def aggregate(per_seed: list[dict[str, float]], hold: list[dict[str, float]], se
     for key in per_seed[0]:
         values = np.array([m[key] for m in per_seed], dtype=float)
         low, high = bootstrap_interval(values, seed)
-        out[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                    "ci_low": low, "ci_high": high, "values": values.tolist()}
+        out[key] = {
+            "mean": float(values.mean()),
+            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            "ci_low": low,
+            "ci_high": high,
+            "values": values.tolist(),
+        }
     beats = [m["sharpe"] > h["sharpe"] for m, h in zip(per_seed, hold)]
     best = max(per_seed, key=lambda m: m["sharpe_per_period"])
     out["beat_buy_and_hold"] = float(np.mean(beats))
-    out["deflated_sharpe"] = deflated_sharpe(best["sharpe_per_period"], int(best["n_returns"]),
-                                             best["skewness"], best["kurtosis"],
-                                             [m["sharpe_per_period"] for m in per_seed])
+    out["deflated_sharpe"] = deflated_sharpe(
+        best["sharpe_per_period"],
+        int(best["n_returns"]),
+        best["skewness"],
+        best["kurtosis"],
+        [m["sharpe_per_period"] for m in per_seed],
+    )
     return out
 
 
@@ -78,14 +88,26 @@ def run_seeds(cfg: DictConfig, output_dir: Path, job) -> dict:
                 curves[seed] = curve
         missing = [s for s, r in zip(seeds, results) if agent not in r or "buy_and_hold" not in r]
         if missing:
-            raise ConfigError(f"seeds={cfg.seeds}: seeds {missing} produced no test metrics for {agent} "
-                              "and buy_and_hold (evaluate_test=false, or a mode without a test backtest)")
+            raise ConfigError(
+                f"seeds={cfg.seeds}: seeds {missing} produced no test metrics for {agent} "
+                "and buy_and_hold (evaluate_test=false, or a mode without a test backtest)"
+            )
         summary = aggregate([r[agent] for r in results], [r["buy_and_hold"] for r in results], cfg.seed)
         _report(agent, seeds, summary, curves, output_dir)
-        mlflow.log_metrics({f"seeds/{k}/{stat}": v[stat] for k, v in summary.items()
-                            if isinstance(v, dict) and "mean" in v for stat in ("mean", "std", "ci_low", "ci_high")})
-        mlflow.log_metrics({"seeds/beat_buy_and_hold": summary["beat_buy_and_hold"],
-                            **{f"seeds/dsr/{k}": v for k, v in summary["deflated_sharpe"].items()}})
+        mlflow.log_metrics(
+            {
+                f"seeds/{k}/{stat}": v[stat]
+                for k, v in summary.items()
+                if isinstance(v, dict) and "mean" in v
+                for stat in ("mean", "std", "ci_low", "ci_high")
+            }
+        )
+        mlflow.log_metrics(
+            {
+                "seeds/beat_buy_and_hold": summary["beat_buy_and_hold"],
+                **{f"seeds/dsr/{k}": v for k, v in summary["deflated_sharpe"].items()},
+            }
+        )
         for name in ("seeds.json", "seeds_equity.png"):
             if (output_dir / name).is_file():
                 mlflow.log_artifact(str(output_dir / name))
@@ -103,8 +125,10 @@ def _equity(folder: Path, agent: str) -> pd.Series | None:
 
 
 def _report(agent: str, seeds: list[int], summary: dict, curves: dict, output_dir: Path) -> None:
-    table = Table(title=f"{agent} over {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}): test metrics",
-                  caption="95% CI: percentile bootstrap of the mean")
+    table = Table(
+        title=f"{agent} over {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}): test metrics",
+        caption="95% CI: percentile bootstrap of the mean",
+    )
     for column in ("metric", "mean", "std", "95% CI"):
         table.add_column(column, justify="left" if column == "metric" else "right", no_wrap=True)
     for key in SHOWN:
@@ -113,9 +137,11 @@ def _report(agent: str, seeds: list[int], summary: dict, curves: dict, output_di
             table.add_row(key, f"{s['mean']:+.3f}", f"{s['std']:.3f}", f"[{s['ci_low']:+.3f}, {s['ci_high']:+.3f}]")
     Console().print(table)
     dsr = summary["deflated_sharpe"]
-    Console().print(f"seeds beating buy_and_hold (test Sharpe): {summary['beat_buy_and_hold']:.0%}; "
-                    f"best seed's deflated Sharpe ratio {dsr['dsr']:.2f} (N={dsr['trials']:.0f}, "
-                    f"SR0={dsr['expected_max_sharpe']:.4f}/bar)")
+    Console().print(
+        f"seeds beating buy_and_hold (test Sharpe): {summary['beat_buy_and_hold']:.0%}; "
+        f"best seed's deflated Sharpe ratio {dsr['dsr']:.2f} (N={dsr['trials']:.0f}, "
+        f"SR0={dsr['expected_max_sharpe']:.4f}/bar)"
+    )
     (output_dir / "seeds.json").write_text(json.dumps({"seeds": seeds, **summary}, indent=2))
     if curves:
         fig, ax = plt.subplots(figsize=(10, 4))
@@ -141,8 +167,7 @@ def with_sweep_overrides(cfg: DictConfig) -> DictConfig:
     for line in OmegaConf.load(results).best_overrides:
         key, value = line.lstrip("+").split("=", 1)
         if "." not in key and key in registry.GROUPS:
-            raise ConfigError(f"from_sweep: {results} chose {line!r}, a config group; pass "
-                              f"{line} on the command line")
+            raise ConfigError(f"from_sweep: {results} chose {line!r}, a config group; pass {line} on the command line")
         OmegaConf.update(out, key, yaml.safe_load(value), force_add=True)
     print(f"from_sweep: {results}: {', '.join(OmegaConf.load(results).best_overrides)}")
     return out

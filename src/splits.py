@@ -1,4 +1,5 @@
 """Train / validation / test split by time, never shuffled."""
+
 from dataclasses import dataclass
 
 import pandas as pd
@@ -15,8 +16,10 @@ class SplitBounds:
 
 def split_bounds(n_rows: int, train: float, validation: float) -> SplitBounds:
     if not (0 < train and 0 < validation and train + validation < 1):
-        raise ValueError(f"split.train={train}, split.validation={validation}: need both > 0 and "
-                         "train + validation < 1 (the rest is the test split)")
+        raise ValueError(
+            f"split.train={train}, split.validation={validation}: need both > 0 and "
+            "train + validation < 1 (the rest is the test split)"
+        )
     return SplitBounds(int(n_rows * train), int(n_rows * (train + validation)), n_rows)
 
 

@@ -12,6 +12,7 @@ from the first bar (``walk_forward.expanding``). Each fold is an ordinary run on
 the first fold's start equity; every later fold's curve is scaled to begin where the previous
 one ended (``stitch``).
 """
+
 import copy
 import json
 from dataclasses import dataclass
@@ -51,16 +52,20 @@ def fold_bounds(n_bars: int, folds: int, train: float, validation: float, expand
     """The folds of a walk-forward over ``n_bars`` (see the module docstring)."""
     rest = 1.0 - train - validation
     if folds < 1 or not (train > 0 and validation > 0 and rest > 0):
-        raise ConfigError(f"walk_forward.folds={folds}, split.train={train}, split.validation="
-                          f"{validation}: need folds >= 1 and train + validation < 1")
+        raise ConfigError(
+            f"walk_forward.folds={folds}, split.train={train}, split.validation="
+            f"{validation}: need folds >= 1 and train + validation < 1"
+        )
     test_bars = int(n_bars / (folds + (train + validation) / rest))
     first = n_bars - folds * test_bars  # train + validation of the first fold
     validation_bars = int(first * validation / (train + validation))
     train_bars = first - validation_bars
     if min(test_bars, validation_bars, train_bars) < 1:
-        raise ConfigError(f"walk_forward.folds={folds} over {n_bars} bars leaves too few bars per fold "
-                          f"(train {train_bars}, validation {validation_bars}, test {test_bars}); "
-                          "use fewer folds or more data")
+        raise ConfigError(
+            f"walk_forward.folds={folds} over {n_bars} bars leaves too few bars per fold "
+            f"(train {train_bars}, validation {validation_bars}, test {test_bars}); "
+            "use fewer folds or more data"
+        )
     out = []
     for k in range(folds):
         test = first + k * test_bars
@@ -83,8 +88,9 @@ def run_walk_forward(cfg: DictConfig, output_dir: Path, run, market_class) -> di
     """Every fold as a child run of one MLflow parent run; returns the stitched metrics as
     {"validation": mean of the folds' validation metrics, agent: stitched test metrics, ...}."""
     raw = registry.build("data", cfg.data)
-    folds = fold_bounds(len(raw), cfg.walk_forward.folds, cfg.split.train, cfg.split.validation,
-                        cfg.walk_forward.expanding)
+    folds = fold_bounds(
+        len(raw), cfg.walk_forward.folds, cfg.split.train, cfg.split.validation, cfg.walk_forward.expanding
+    )
     output_dir.mkdir(parents=True, exist_ok=True)
     rows, curves, positions, validations, trades = [], {name: [] for name in CURVES}, [], [], []
     with mlflow_run(cfg, run_name=f"{cfg.run_name}-walk-forward") as parent:
@@ -95,29 +101,49 @@ def run_walk_forward(cfg: DictConfig, output_dir: Path, run, market_class) -> di
                 fold_cfg.run_name = f"{cfg.run_name}-fold{k}"
                 fold_cfg.mlflow.parent_run_id = parent.info.run_id
                 fold_cfg.agent.warm_start = warm
-            bars = raw.iloc[fold.train:fold.end]
+            bars = raw.iloc[fold.train : fold.end]
             bounds = SplitBounds(fold.validation - fold.train, fold.test - fold.train, fold.end - fold.train)
             folder = output_dir / f"fold{k}"
             metrics = run(fold_cfg, folder, market_class(fold_cfg, raw=bars, bounds=bounds))
             validations.append(metrics["validation"])
-            trades.append({name: metrics[name]["trades"] for name in (cfg.agent.name, "buy_and_hold", "random")
-                           if name in metrics})
+            trades.append(
+                {
+                    name: metrics[name]["trades"]
+                    for name in (cfg.agent.name, "buy_and_hold", "random")
+                    if name in metrics
+                }
+            )
             equity = pd.read_csv(folder / "equity.csv", index_col=0, parse_dates=True)
             for name in CURVES:
                 curves[name].append(equity[name])
-            positions.append(equity["position"].to_numpy()[0 if k == 0 else 1:])
-            rows.append({"fold": k, "train": _span(raw, fold.train, fold.validation),
-                         "test": _span(raw, fold.test, fold.end),
-                         **{f"{name}_{m}": metrics[name][m] for name in (cfg.agent.name, "buy_and_hold", "random")
-                            if name in metrics for m in ("sharpe", "total_return")}})
+            positions.append(equity["position"].to_numpy()[0 if k == 0 else 1 :])
+            rows.append(
+                {
+                    "fold": k,
+                    "train": _span(raw, fold.train, fold.validation),
+                    "test": _span(raw, fold.test, fold.end),
+                    **{
+                        f"{name}_{m}": metrics[name][m]
+                        for name in (cfg.agent.name, "buy_and_hold", "random")
+                        if name in metrics
+                        for m in ("sharpe", "total_return")
+                    },
+                }
+            )
             has_policy = (folder / "policy.pt").is_file()
             warm = str(folder / "policy.pt") if cfg.walk_forward.warm_start and has_policy else None
         stitched = {name: stitch(parts) for name, parts in curves.items()}
         periods = cfg.backtest.periods_per_year
-        summary = {cfg.agent.name if name == "equity" else name:
-                   compute_metrics(curve, np.concatenate(positions) if name == "equity" else np.ones(len(curve)),
-                                   None, periods, cfg.backtest.risk_free_rate)
-                   for name, curve in stitched.items()}
+        summary = {
+            cfg.agent.name if name == "equity" else name: compute_metrics(
+                curve,
+                np.concatenate(positions) if name == "equity" else np.ones(len(curve)),
+                None,
+                periods,
+                cfg.backtest.risk_free_rate,
+            )
+            for name, curve in stitched.items()
+        }
         for name, metrics in summary.items():
             metrics["trades"] = float(sum(fold.get(name, 0.0) for fold in trades))  # fills of all folds
             if name != "buy_and_hold":
@@ -137,8 +163,10 @@ def _span(raw: pd.DataFrame, start: int, end: int) -> str:
 
 def _report(cfg, rows, summary, stitched, boundaries, output_dir: Path) -> None:
     agent = cfg.agent.name
-    table = Table(title=f"Walk-forward: {len(rows)} folds ({'expanding' if cfg.walk_forward.expanding else 'rolling'})",
-                  caption="Sharpe and total return on each fold's test segment")
+    table = Table(
+        title=f"Walk-forward: {len(rows)} folds ({'expanding' if cfg.walk_forward.expanding else 'rolling'})",
+        caption="Sharpe and total return on each fold's test segment",
+    )
     names = (agent, "buy_and_hold", "random")
     table.add_column("fold", no_wrap=True, min_width=8)
     table.add_column("test from", no_wrap=True)
@@ -157,8 +185,10 @@ def _report(cfg, rows, summary, stitched, boundaries, output_dir: Path) -> None:
     table.add_row("stitched", f"{stitched['equity'].index[0]:%Y-%m-%d}", *cells(stitched_row))
     Console().print(table)
     main = summary[agent]
-    Console().print(f"stitched {agent}: PSR(Sharpe > 0) = {main['psr']:.2f}, "
-                    f"PSR(Sharpe > buy_and_hold's) = {main['psr_vs_buy_and_hold']:.2f}")
+    Console().print(
+        f"stitched {agent}: PSR(Sharpe > 0) = {main['psr']:.2f}, "
+        f"PSR(Sharpe > buy_and_hold's) = {main['psr_vs_buy_and_hold']:.2f}"
+    )
     frame = pd.DataFrame({agent if n == "equity" else n: c for n, c in stitched.items()})
     frame.to_csv(output_dir / "stitched.csv")
     (output_dir / "walk_forward.json").write_text(json.dumps({"folds": rows, "stitched": summary}, indent=2))

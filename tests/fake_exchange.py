@@ -3,6 +3,7 @@
 Responses follow Binance's recorded JSON formats; bars come from a seeded random walk. Knobs let a
 test inject HTTP 429s, dropped connections and outages, and count requests.
 """
+
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,16 +16,27 @@ FIRST_BAR_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 N_BARS = 2_000
 
 SYMBOL_INFO = {
-    "symbol": "BTCUSDT", "status": "TRADING", "baseAsset": "BTC", "baseAssetPrecision": 8,
-    "quoteAsset": "USDT", "quotePrecision": 8, "quoteAssetPrecision": 8,
-    "baseCommissionPrecision": 8, "quoteCommissionPrecision": 8,
-    "orderTypes": ["LIMIT", "MARKET"], "icebergAllowed": True, "ocoAllowed": True,
-    "isSpotTradingAllowed": True, "isMarginTradingAllowed": False,
+    "symbol": "BTCUSDT",
+    "status": "TRADING",
+    "baseAsset": "BTC",
+    "baseAssetPrecision": 8,
+    "quoteAsset": "USDT",
+    "quotePrecision": 8,
+    "quoteAssetPrecision": 8,
+    "baseCommissionPrecision": 8,
+    "quoteCommissionPrecision": 8,
+    "orderTypes": ["LIMIT", "MARKET"],
+    "icebergAllowed": True,
+    "ocoAllowed": True,
+    "isSpotTradingAllowed": True,
+    "isMarginTradingAllowed": False,
     "filters": [
         {"filterType": "PRICE_FILTER", "minPrice": "0.01", "maxPrice": "1000000.00", "tickSize": "0.01"},
         {"filterType": "LOT_SIZE", "minQty": "0.00001", "maxQty": "9000.0", "stepSize": "0.00001"},
     ],
-    "permissions": [], "permissionSets": [["SPOT"]], "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
+    "permissions": [],
+    "permissionSets": [["SPOT"]],
+    "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
 }
 
 
@@ -37,8 +49,22 @@ def klines() -> list[list]:
     for i in range(N_BARS):
         t = FIRST_BAR_MS + i * HOUR_MS
         high, low = max(open_[i], close[i]) * 1.002, min(open_[i], close[i]) * 0.998
-        rows.append([t, f"{open_[i]:.2f}", f"{high:.2f}", f"{low:.2f}", f"{close[i]:.2f}",
-                     f"{rng.uniform(10, 100):.5f}", t + HOUR_MS - 1, "0", 100, "0", "0", "0"])
+        rows.append(
+            [
+                t,
+                f"{open_[i]:.2f}",
+                f"{high:.2f}",
+                f"{low:.2f}",
+                f"{close[i]:.2f}",
+                f"{rng.uniform(10, 100):.5f}",
+                t + HOUR_MS - 1,
+                "0",
+                100,
+                "0",
+                "0",
+                "0",
+            ]
+        )
     return rows
 
 
@@ -49,15 +75,15 @@ class FakeBinance:
         self.rows = klines()
         self.kline_requests = 0
         self.market_requests = 0
-        self.rate_limited = 0      # answer this many kline requests with HTTP 429 first
-        self.drops = 0             # close this many kline connections without an answer
-        self.fail_after = None     # after this many kline requests, drop every connection
+        self.rate_limited = 0  # answer this many kline requests with HTTP 429 first
+        self.drops = 0  # close this many kline connections without an answer
+        self.fail_after = None  # after this many kline requests, drop every connection
         self.duplicate_row = None  # repeat this bar index in the responses (a dirty feed)
         self.withheld_from = None  # return no bar opening at or after this time (ms): empty pages
         self.server_time = FIRST_BAR_MS + N_BARS * HOUR_MS  # what /api/v3/time answers
         self.orders: dict[str, dict] = {}  # clientOrderId -> order (POST /api/v3/order)
         self.order_posts = 0
-        self.api_keys: set[str] = set()    # X-MBX-APIKEY headers seen on signed requests
+        self.api_keys: set[str] = set()  # X-MBX-APIKEY headers seen on signed requests
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -85,8 +111,9 @@ class FakeBinance:
             return 400, {"code": -1121, "msg": "Invalid symbol."}
         start = int(query.get("startTime", FIRST_BAR_MS))
         limit = min(int(query.get("limit", 500)), 1000)
-        rows = [row for row in self.rows if row[0] >= start
-                and (self.withheld_from is None or row[0] < self.withheld_from)][:limit]
+        rows = [
+            row for row in self.rows if row[0] >= start and (self.withheld_from is None or row[0] < self.withheld_from)
+        ][:limit]
         if self.duplicate_row is not None:
             rows += [r for r in rows if r[0] == self.rows[self.duplicate_row][0]]
         return 200, rows
@@ -104,12 +131,20 @@ class FakeBinance:
             price = float([r for r in self.rows if r[0] < self.server_time][-1][4])
             qty = query["quantity"]
             self.orders[key] = {
-                "symbol": "BTCUSDT", "orderId": len(self.orders) + 1, "clientOrderId": key,
-                "transactTime": self.server_time, "price": "0.00000000", "origQty": qty,
-                "executedQty": qty, "cummulativeQuoteQty": f"{float(qty) * price:.8f}",
-                "status": "FILLED", "timeInForce": "GTC", "type": "MARKET", "side": query["side"],
-                "fills": [{"price": f"{price:.2f}", "qty": qty, "commission": "0",
-                           "commissionAsset": "USDT"}]}
+                "symbol": "BTCUSDT",
+                "orderId": len(self.orders) + 1,
+                "clientOrderId": key,
+                "transactTime": self.server_time,
+                "price": "0.00000000",
+                "origQty": qty,
+                "executedQty": qty,
+                "cummulativeQuoteQty": f"{float(qty) * price:.8f}",
+                "status": "FILLED",
+                "timeInForce": "GTC",
+                "type": "MARKET",
+                "side": query["side"],
+                "fills": [{"price": f"{price:.2f}", "qty": qty, "commission": "0", "commissionAsset": "USDT"}],
+            }
             return 200, self.orders[key]
 
     def _handler(self):
@@ -140,9 +175,16 @@ class FakeBinance:
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
                 if url.path == "/api/v3/exchangeInfo":
                     fake.market_requests += 1
-                    status, body = 200, {"timezone": "UTC", "serverTime": FIRST_BAR_MS,
-                                         "rateLimits": [], "exchangeFilters": [],
-                                         "symbols": [SYMBOL_INFO]}
+                    status, body = (
+                        200,
+                        {
+                            "timezone": "UTC",
+                            "serverTime": FIRST_BAR_MS,
+                            "rateLimits": [],
+                            "exchangeFilters": [],
+                            "symbols": [SYMBOL_INFO],
+                        },
+                    )
                 elif url.path == "/api/v3/order":  # fetch an order by its client id
                     order = fake.orders.get(query.get("origClientOrderId"))
                     status, body = (200, order) if order else (400, {"code": -2013, "msg": "Order does not exist."})
@@ -227,10 +269,30 @@ class FakeBinanceStream:
         self.thread.join(10)
 
     def _event(self, row: list, values: list, closed: bool) -> dict:
-        return {"e": "kline", "E": row[0] + HOUR_MS, "s": "BTCUSDT",
-                "k": {"t": row[0], "T": row[6], "s": "BTCUSDT", "i": "1h", "f": 1, "L": 2,
-                      "o": values[0], "c": values[3], "h": values[1], "l": values[2],
-                      "v": values[4], "n": 10, "x": closed, "q": "0", "V": "0", "Q": "0", "B": "0"}}
+        return {
+            "e": "kline",
+            "E": row[0] + HOUR_MS,
+            "s": "BTCUSDT",
+            "k": {
+                "t": row[0],
+                "T": row[6],
+                "s": "BTCUSDT",
+                "i": "1h",
+                "f": 1,
+                "L": 2,
+                "o": values[0],
+                "c": values[3],
+                "h": values[1],
+                "l": values[2],
+                "v": values[4],
+                "n": 10,
+                "x": closed,
+                "q": "0",
+                "V": "0",
+                "Q": "0",
+                "B": "0",
+            },
+        }
 
     async def _send(self, ws) -> None:
         import asyncio

@@ -1,5 +1,6 @@
 """The HTTP API: every endpoint and error through FastAPI's TestClient on an MLflow store made by
 the test with real runs, and a real uvicorn server on 127.0.0.1 that runs a job to completion."""
+
 import json
 import os
 import shutil
@@ -18,9 +19,16 @@ from src.api.app import create_app
 from src.run import run
 from tests.conftest import ROOT, compose_config
 
-TINY_PPO = ["data.n_bars=2500", "agent.total_frames=1024", "agent.frames_per_batch=512",
-            "agent.minibatch_size=256", "agent.progress=false", "env.num_envs=8",
-            "env.episode_length=128", "backtest.plots=false"]
+TINY_PPO = [
+    "data.n_bars=2500",
+    "agent.total_frames=1024",
+    "agent.frames_per_batch=512",
+    "agent.minibatch_size=256",
+    "agent.progress=false",
+    "env.num_envs=8",
+    "env.episode_length=128",
+    "backtest.plots=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,20 +42,54 @@ def store(tmp_path_factory):
     try:
         os.chdir(ROOT)
         run(compose_config(TINY_PPO), inside / "ppo")
-        run(compose_config(["agent=buy_and_hold", "scenario=flash_crash", "data.n_bars=2500",
-                            "backtest.plots=false"]), tmp / "hold")
-        run(compose_config(["agent=buy_and_hold", "mode=stress", "data.n_bars=3000",
-                            "backtest.plots=false", "run_name=stress-hold"]), tmp / "stress")
+        run(
+            compose_config(["agent=buy_and_hold", "scenario=flash_crash", "data.n_bars=2500", "backtest.plots=false"]),
+            tmp / "hold",
+        )
+        run(
+            compose_config(
+                [
+                    "agent=buy_and_hold",
+                    "mode=stress",
+                    "data.n_bars=3000",
+                    "backtest.plots=false",
+                    "run_name=stress-hold",
+                ]
+            ),
+            tmp / "stress",
+        )
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
         with mlflow.start_run(run_name="sweep-test") as parent:
             mlflow.log_params({"sweep.metric": "val_sharpe"})
-        run(compose_config(["agent=random", "data.n_bars=2500", "backtest.plots=false",
-                            f"++mlflow.parent_run_id={parent.info.run_id}", "evaluate_test=false"]),
-            tmp / "trial")
-        run(compose_config(["mode=paper", "agent=sma_cross", "agent.fast=3", "agent.slow=8",
-                            "data.n_bars=3000", "paper.history_bars=700", "feed.max_bars=120",
-                            "paper.panel=false", "paper.session=demo", f"paper.journal_dir={tmp / 'paper'}"]),
-            tmp / "paper-run")
+        run(
+            compose_config(
+                [
+                    "agent=random",
+                    "data.n_bars=2500",
+                    "backtest.plots=false",
+                    f"++mlflow.parent_run_id={parent.info.run_id}",
+                    "evaluate_test=false",
+                ]
+            ),
+            tmp / "trial",
+        )
+        run(
+            compose_config(
+                [
+                    "mode=paper",
+                    "agent=sma_cross",
+                    "agent.fast=3",
+                    "agent.slow=8",
+                    "data.n_bars=3000",
+                    "paper.history_bars=700",
+                    "feed.max_bars=120",
+                    "paper.panel=false",
+                    "paper.session=demo",
+                    f"paper.journal_dir={tmp / 'paper'}",
+                ]
+            ),
+            tmp / "paper-run",
+        )
         yield {"dir": tmp, "parent": parent.info.run_id, "inside": inside}
     finally:
         shutil.rmtree(inside, ignore_errors=True)
@@ -126,14 +168,17 @@ def test_sweep_configs_and_paper_sessions(api, store):
     assert api.get("/paper/..%2F..%2Fetc%2Fpasswd/events").status_code == 404
 
 
-@pytest.mark.parametrize("body, status, message", [
-    ({"groups": {"agent": "sac"}}, 422, "Available options in 'agent'"),
-    ({"overrides": ["agent.lr=="]}, 422, "agent.lr"),
-    ({"overrides": ["backtest.sizing.target_vol=-1"]}, 422, "out of range"),
-    ({"overrides": ["agent.checkpoint=../../../etc/passwd"]}, 400, "outside the project"),
-    ({"overrides": ["hydra.run.dir=/tmp/x"]}, 422, "hydra.* settings are the server's"),
-    ({"kind": "nope"}, 422, "kind"),
-])
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"groups": {"agent": "sac"}}, 422, "Available options in 'agent'"),
+        ({"overrides": ["agent.lr=="]}, 422, "agent.lr"),
+        ({"overrides": ["backtest.sizing.target_vol=-1"]}, 422, "out of range"),
+        ({"overrides": ["agent.checkpoint=../../../etc/passwd"]}, 400, "outside the project"),
+        ({"overrides": ["hydra.run.dir=/tmp/x"]}, 422, "hydra.* settings are the server's"),
+        ({"kind": "nope"}, 422, "kind"),
+    ],
+)
 def test_a_bad_job_is_refused_before_anything_starts(api, body, status, message):
     answer = api.post("/jobs", json=body)
     assert answer.status_code == status and message in str(answer.json()["detail"])
@@ -172,8 +217,14 @@ def test_prometheus_metrics(api):
 
 def test_the_server_refuses_to_bind_beyond_loopback_without_a_token():
     env = {k: v for k, v in os.environ.items() if k != "RLTRADE_API_TOKEN"}
-    result = subprocess.run([sys.executable, "-m", "src.api"], cwd=ROOT, capture_output=True, text=True,
-                            env={**env, "RLTRADE_API_HOST": "0.0.0.0"}, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "src.api"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**env, "RLTRADE_API_HOST": "0.0.0.0"},
+        timeout=120,
+    )
     assert result.returncode != 0
     assert "RLTRADE_API_HOST=0.0.0.0 is beyond loopback; set RLTRADE_API_TOKEN first" in result.stderr
 
@@ -186,8 +237,9 @@ def test_job_state_survives_an_api_restart(tmp_path, store):
     from src.api.models import JobRequest
 
     first = JobStore(tmp_path / "jobs", max_jobs=1, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
-    job = first.submit(JobRequest(groups={"agent": "buy_and_hold"}, overrides=["data.n_bars=2500",
-                                                                               "backtest.plots=false"]))
+    job = first.submit(
+        JobRequest(groups={"agent": "buy_and_hold"}, overrides=["data.n_bars=2500", "backtest.plots=false"])
+    )
     assert job.status == "running"
     first.close()  # the API goes away; the job runs on
     second = JobStore(tmp_path / "jobs", max_jobs=1)
@@ -212,10 +264,21 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_a_real_server_runs_a_job_to_completion_and_cancels_one(tmp_path, store):
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
-           "RLTRADE_API_PORT": str(port), "RLTRADE_API_MAX_JOBS": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "src.api"], cwd=ROOT, env=env, start_new_session=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+        "RLTRADE_API_PORT": str(port),
+        "RLTRADE_API_MAX_JOBS": "1",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "src.api"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -225,9 +288,11 @@ def test_a_real_server_runs_a_job_to_completion_and_cancels_one(tmp_path, store)
                 break
             except requests.ConnectionError:
                 time.sleep(0.2)
-        job = requests.post(f"{base}/jobs", json={"groups": {"agent": "buy_and_hold"},
-                                                  "overrides": ["data.n_bars=2500", "backtest.plots=false"]},
-                            timeout=60).json()
+        job = requests.post(
+            f"{base}/jobs",
+            json={"groups": {"agent": "buy_and_hold"}, "overrides": ["data.n_bars=2500", "backtest.plots=false"]},
+            timeout=60,
+        ).json()
         slow = requests.post(f"{base}/jobs", json={"overrides": ["agent.total_frames=100000000"]}, timeout=60).json()
         assert requests.get(f"{base}/jobs/{slow['id']}", timeout=10).json()["status"] == "queued"  # max_jobs=1
         deadline = time.monotonic() + 240

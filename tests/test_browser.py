@@ -2,6 +2,7 @@
 Selenium) opens the running dashboard (a real Streamlit server) against a real API server, checks
 that the runs table, an equity comparison, a sweep, a stress heatmap and a paper session render,
 and saves a screenshot of each under ``outputs/screenshots/``."""
+
 import os
 import shutil
 import subprocess
@@ -27,10 +28,27 @@ def dashboard(api_url):  # noqa: F811 - the fixture imported above
     port = free_port()
     env = {**os.environ, "RLTRADE_API_URL": api_url}
     server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "src" / "dashboard" / "app.py"),
-         "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
-         "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(ROOT / "src" / "dashboard" / "app.py"),
+            "--server.address",
+            "127.0.0.1",
+            "--server.port",
+            str(port),
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -81,8 +99,7 @@ def shot(browser, url: str, name: str, wait_for: str, count: int = 1) -> Path:
 def test_the_dashboard_renders_in_a_real_browser(dashboard, browser, api_url):  # noqa: F811
     runs = requests.get(f"{api_url}/runs", params={"limit": 50}).json()["runs"]
     compared = ",".join(r["run_id"] for r in runs if r["test_sharpe"] is not None and r["mode"] != "stress")
-    shot(browser, f"{dashboard}/?page=Runs&compare={compared}", "runs-comparison",
-         ".js-plotly-plot", count=2)
+    shot(browser, f"{dashboard}/?page=Runs&compare={compared}", "runs-comparison", ".js-plotly-plot", count=2)
     assert "ppo-none" in browser.page_source  # the runs table
     crash = requests.get(f"{api_url}/runs", params={"scenario": "flash_crash"}).json()["runs"][0]["run_id"]
     shot(browser, f"{dashboard}/?page=Run&run={crash}", "run-under-flash-crash", ".js-plotly-plot", count=4)

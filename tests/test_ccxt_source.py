@@ -1,4 +1,5 @@
 """The real ccxt client over HTTP against a loopback Binance-format server (no internet)."""
+
 import logging
 import os
 import subprocess
@@ -23,14 +24,23 @@ def server():
 
 
 def load(server, tmp_path, start="2024-01-02", end="2024-03-01", **kwargs):
-    options = {"cache_dir": tmp_path / "raw", "limit": 500, "base_url": server.url,
-               "options": SPOT, "backoff_seconds": 0.01, **kwargs}
+    options = {
+        "cache_dir": tmp_path / "raw",
+        "limit": 500,
+        "base_url": server.url,
+        "options": SPOT,
+        "backoff_seconds": 0.01,
+        **kwargs,
+    }
     return load_exchange_ohlcv("binance", "BTC/USDT", "1h", start, end, **options)
 
 
 def expected(server, start, end) -> np.ndarray:
-    rows = [r for r in server.rows if pd.Timestamp(start, tz="UTC").value // 10**6 <= r[0]
-            < pd.Timestamp(end, tz="UTC").value // 10**6]
+    rows = [
+        r
+        for r in server.rows
+        if pd.Timestamp(start, tz="UTC").value // 10**6 <= r[0] < pd.Timestamp(end, tz="UTC").value // 10**6
+    ]
     return np.array([[float(x) for x in r[1:6]] for r in rows])
 
 
@@ -51,14 +61,29 @@ def test_rate_limit_and_dropped_connection_are_retried(server, tmp_path, caplog)
 
 def test_bad_symbol_timeframe_and_exchange_list_the_valid_ones(server, tmp_path):
     with pytest.raises(ExchangeConfigError, match=r"no symbol 'DOGE/EUR'.*BTC/USDT"):
-        load_exchange_ohlcv("binance", "DOGE/EUR", "1h", "2024-01-02", "2024-01-03",
-                            cache_dir=tmp_path, base_url=server.url, options=SPOT)
+        load_exchange_ohlcv(
+            "binance",
+            "DOGE/EUR",
+            "1h",
+            "2024-01-02",
+            "2024-01-03",
+            cache_dir=tmp_path,
+            base_url=server.url,
+            options=SPOT,
+        )
     with pytest.raises(ExchangeConfigError, match=r"no timeframe '7h'.*1h, 2h"):
-        load_exchange_ohlcv("binance", "BTC/USDT", "7h", "2024-01-02", "2024-01-03",
-                            cache_dir=tmp_path, base_url=server.url, options=SPOT)
+        load_exchange_ohlcv(
+            "binance",
+            "BTC/USDT",
+            "7h",
+            "2024-01-02",
+            "2024-01-03",
+            cache_dir=tmp_path,
+            base_url=server.url,
+            options=SPOT,
+        )
     with pytest.raises(ExchangeConfigError, match=r"unknown exchange 'binanse'.*binance"):
-        load_exchange_ohlcv("binanse", "BTC/USDT", "1h", "2024-01-02", "2024-01-03",
-                            cache_dir=tmp_path)
+        load_exchange_ohlcv("binanse", "BTC/USDT", "1h", "2024-01-02", "2024-01-03", cache_dir=tmp_path)
 
 
 def test_covered_range_reads_only_the_cache(server, tmp_path):
@@ -134,31 +159,65 @@ def test_the_forming_candle_is_never_cached(server, tmp_path):
     early = load(server, tmp_path, start="2024-01-01", end="2024-01-05", now=now)
     assert early.index[-1] == now.floor("h") - pd.Timedelta("1h")  # the last closed bar
     server.rows[forming] = final  # the candle closes with its final values
-    later = load(server, tmp_path, start="2024-01-01", end="2024-01-05",
-                 now=now + pd.Timedelta("2h"))
+    later = load(server, tmp_path, start="2024-01-01", end="2024-01-05", now=now + pd.Timedelta("2h"))
     bar = later.loc[now.floor("h")]
     assert bar["$close"] == float(final[4]) and bar["$volume"] == float(final[5])
 
 
 def test_an_empty_page_that_truncates_the_range_names_the_missing_part(server, tmp_path):
     server.withheld_from = int(pd.Timestamp("2024-01-20", tz="UTC").value // 10**6)
-    with pytest.raises(DataValidationError, match=r"no bars returned for \[2024-01-20 00:00:00\+00:00, "
-                       r"2024-03-01 00:00:00\+00:00\)"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"no bars returned for \[2024-01-20 00:00:00\+00:00, "
+        r"2024-03-01 00:00:00\+00:00\)",
+    ):
         load(server, tmp_path)
     assert not cache_path(tmp_path / "raw", "binance", "BTC/USDT", "1h").exists()
 
 
 @pytest.mark.slow
 def test_run_with_credentials_never_leaks_them(server, tmp_path):
+    """The keys come from an environment profile (ENV=staging loads .env.staging): they reach the
+    code, and never a log line, an MLflow param or tag, an artifact or a Hydra output file."""
     key, secret = "AKEYTHATMUSTNOTLEAK123", "ASECRETTHATMUSTNOTLEAK456"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
-           "EXCHANGE_API_KEY": key, "EXCHANGE_API_SECRET": secret}
+    (tmp_path / ".env.staging").write_text(f"EXCHANGE_API_KEY={key}\nEXCHANGE_API_SECRET={secret}\n")
+    (tmp_path / ".env").write_text("EXCHANGE_API_KEY=the-profile-wins\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXCHANGE_API")}
+    env |= {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "ENV": "staging", "PYTHONPATH": str(ROOT)}
+    seen = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from src.settings import load_environment; load_environment(); "
+            "from src.data.credentials import exchange_credentials as c; print(sorted(c().values()))",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert seen.stdout.strip() == str(sorted([key, secret])), seen.stderr
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "src.run", "data=binance_btc_usdt_1h", f"data.base_url={server.url}",
-         "data.start=2024-01-01", "data.end=2024-03-20", f"data.cache_dir={tmp_path / 'raw'}",
-         "agent=buy_and_hold", f"hydra.run.dir={out}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "src.run",
+            "data=binance_btc_usdt_1h",
+            f"data.base_url={server.url}",
+            "data.start=2024-01-01",
+            "data.end=2024-03-20",
+            f"data.cache_dir={tmp_path / 'raw'}",
+            "agent=buy_and_hold",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (run,) = runs(tmp_path)
     assert run.data.params["data.symbol"] == "BTC/USDT" and run.data.params["data_quality.gaps"] == "0"

@@ -1,4 +1,5 @@
 """Every option of every config group composes and builds through the registry."""
+
 from pathlib import Path
 
 import pytest
@@ -65,13 +66,20 @@ def data_overrides(option: str, csv_file: Path, exchange: FakeBinance, tmp_path:
     if option == "csv":
         return [f"data.path={csv_file}"]
     if option == "ccxt" or option.startswith("binance"):
-        return [f"data.base_url={exchange.url}", f"data.cache_dir={tmp_path}", "data.start=2024-01-01",
-                "data.end=2024-02-01"]
+        return [
+            f"data.base_url={exchange.url}",
+            f"data.cache_dir={tmp_path}",
+            "data.start=2024-01-01",
+            "data.end=2024-02-01",
+        ]
     return ["data.n_bars=600"] if option == "synthetic" else []
 
 
-PARTNERS = {("env", "multi_agent"): ["agent=mappo"], ("agent", "mappo"): ["env=multi_agent"],
-            ("agent", "ippo"): ["env=multi_agent"]}  # options that only make sense together
+PARTNERS = {
+    ("env", "multi_agent"): ["agent=mappo"],
+    ("agent", "mappo"): ["env=multi_agent"],
+    ("agent", "ippo"): ["env=multi_agent"],
+}  # options that only make sense together
 
 
 @pytest.mark.parametrize(("group", "option"), group_options())

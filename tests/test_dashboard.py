@@ -1,5 +1,6 @@
 """The dashboard: every page rendered by Streamlit's AppTest against a real API server (uvicorn on
 127.0.0.1) over an MLflow store with real runs, a sweep and a stress run; widgets drive the API."""
+
 import threading
 import time
 
@@ -20,8 +21,9 @@ def api_url(store, monkeypatch, tmp_path):  # noqa: F811 - the fixture imported 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store['dir']}/mlflow.db")
     monkeypatch.setenv("RLTRADE_PAPER_DIR", str(store["dir"] / "paper"))
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(jobs_dir=tmp_path / "jobs"), host="127.0.0.1",
-                                           port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(jobs_dir=tmp_path / "jobs"), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"

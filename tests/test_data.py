@@ -1,4 +1,5 @@
 """Data sources and the OHLCV validator: each bad input gets its own error naming row and column."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -28,13 +29,16 @@ def corrupt(df, row, column, value):
     return df
 
 
-@pytest.mark.parametrize(("column", "value", "message"), [
-    ("$close", np.nan, r"NaN or infinite value at row 7 .* column \$close"),
-    ("$open", -1.0, r"non-positive price at row 7 .* column \$open"),
-    ("$high", 1e-3, r"high below max\(open, close\) at row 7 .* column \$high"),
-    ("$low", 1e6, r"low above min\(open, close\) at row 7 .* column \$low"),
-    ("$volume", -5.0, r"negative volume at row 7 .* column \$volume"),
-])
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("$close", np.nan, r"NaN or infinite value at row 7 .* column \$close"),
+        ("$open", -1.0, r"non-positive price at row 7 .* column \$open"),
+        ("$high", 1e-3, r"high below max\(open, close\) at row 7 .* column \$high"),
+        ("$low", 1e6, r"low above min\(open, close\) at row 7 .* column \$low"),
+        ("$volume", -5.0, r"negative volume at row 7 .* column \$volume"),
+    ],
+)
 def test_bad_values_are_named(bars, column, value, message):
     with pytest.raises(DataValidationError, match=message):
         validate_ohlcv(corrupt(bars, 7, column, value), source="bars.csv")
@@ -71,9 +75,16 @@ def test_csv_layouts(tmp_path, bars, stamps):
     raw = bars.copy()
     raw.columns = [c.lstrip("$").upper() for c in raw.columns]  # any case, no $ prefix
     seconds = bars.index.as_unit("s").asi8
-    raw.insert(0, "Timestamp", {"iso": bars.index.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                                "epoch_s": seconds, "epoch_ms": seconds * 1000,
-                                "naive": bars.index.strftime("%Y-%m-%d %H:%M:%S")}[stamps])
+    raw.insert(
+        0,
+        "Timestamp",
+        {
+            "iso": bars.index.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "epoch_s": seconds,
+            "epoch_ms": seconds * 1000,
+            "naive": bars.index.strftime("%Y-%m-%d %H:%M:%S"),
+        }[stamps],
+    )
     path = tmp_path / "bars.csv"
     raw.to_csv(path, index=False)
     df = read_ohlcv_file(path)

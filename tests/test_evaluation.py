@@ -1,4 +1,5 @@
 """Walk-forward folds and stitching, PSR/DSR against published values, multi-seed aggregates."""
+
 import json
 
 import numpy as np
@@ -16,8 +17,13 @@ from tests.conftest import compose_config, runs
 
 
 @settings(max_examples=200, deadline=None)
-@given(n=st.integers(300, 100_000), folds=st.integers(1, 12), train=st.floats(0.2, 0.8),
-       validation=st.floats(0.02, 0.3), expanding=st.booleans())
+@given(
+    n=st.integers(300, 100_000),
+    folds=st.integers(1, 12),
+    train=st.floats(0.2, 0.8),
+    validation=st.floats(0.02, 0.3),
+    expanding=st.booleans(),
+)
 def test_folds_are_in_time_order_and_no_test_bar_is_seen_before_it_is_tested(n, folds, train, validation, expanding):
     if train + validation >= 0.97:
         return
@@ -44,14 +50,16 @@ def test_folds_are_in_time_order_and_no_test_bar_is_seen_before_it_is_tested(n, 
 def test_the_stitched_curve_is_the_folds_curves_chained():
     rng = np.random.default_rng(0)
     index = pd.date_range("2024", periods=31, freq="D")
-    segments = [pd.Series(1000 * np.cumprod(1 + rng.normal(0, 0.01, 11)), index=index[10 * k: 10 * k + 11])
-                for k in range(3)]
+    segments = [
+        pd.Series(1000 * np.cumprod(1 + rng.normal(0, 0.01, 11)), index=index[10 * k : 10 * k + 11]) for k in range(3)
+    ]
     stitched = stitch(segments)
     assert stitched.index.equals(index) and stitched.iloc[0] == segments[0].iloc[0]
     chained = np.concatenate([s.pct_change().dropna().to_numpy() for s in segments])
     assert np.allclose(stitched.pct_change().dropna().to_numpy(), chained, rtol=0, atol=1e-14)
     assert stitched.iloc[-1] == pytest.approx(
-        segments[0].iloc[0] * np.prod([s.iloc[-1] / s.iloc[0] for s in segments]), rel=1e-12)
+        segments[0].iloc[0] * np.prod([s.iloc[-1] / s.iloc[0] for s in segments]), rel=1e-12
+    )
 
 
 def test_deflated_sharpe_matches_the_worked_example_of_bailey_and_lopez_de_prado_2014():
@@ -78,8 +86,14 @@ def test_probabilistic_sharpe_by_hand():
 
 
 def _metrics(sharpe: float) -> dict:
-    return {"sharpe": sharpe, "sharpe_per_period": sharpe / 90, "n_returns": 1000.0, "skewness": 0.1,
-            "kurtosis": 4.0, "total_return": sharpe / 10}
+    return {
+        "sharpe": sharpe,
+        "sharpe_per_period": sharpe / 90,
+        "n_returns": 1000.0,
+        "skewness": 0.1,
+        "kurtosis": 4.0,
+        "total_return": sharpe / 10,
+    }
 
 
 def test_seed_aggregates_are_repeatable_and_their_intervals_contain_the_mean():
@@ -90,15 +104,15 @@ def test_seed_aggregates_are_repeatable_and_their_intervals_contain_the_mean():
     for key in ("sharpe", "total_return"):
         s = first[key]
         assert s["ci_low"] <= s["mean"] <= s["ci_high"] and s["std"] == pytest.approx(
-            np.std([m[key] for m in per_seed], ddof=1))
+            np.std([m[key] for m in per_seed], ddof=1)
+        )
     assert first["beat_buy_and_hold"] == 0.4  # 1.5 and 2.0 beat 1.0
     dsr = first["deflated_sharpe"]
     assert dsr["trials"] == 5 and dsr["sharpe_per_period"] == 2.0 / 90 and 0 < dsr["dsr"] < 1
 
 
 def test_from_sweep_applies_the_best_overrides(tmp_path):
-    (tmp_path / "optimization_results.yaml").write_text(
-        "best_overrides: ['agent.lr=0.002', 'env.window_size=16']\n")
+    (tmp_path / "optimization_results.yaml").write_text("best_overrides: ['agent.lr=0.002', 'env.window_size=16']\n")
     cfg = with_sweep_overrides(compose_config([f"+from_sweep={tmp_path}"]))
     assert cfg.agent.lr == 0.002 and cfg.env.window_size == 16
     (tmp_path / "optimization_results.yaml").write_text("best_overrides: ['agent=ppo_conv']\n")
@@ -112,16 +126,26 @@ def test_walk_forward_runs_folds_as_child_runs_and_stitches_them(tmp_path, monke
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     out = tmp_path / "out"
-    job(compose_config(["experiment=quick", "mode=walk_forward", "walk_forward.folds=3",
-                        "agent.total_frames=8192", "agent.progress=false", "backtest.plots=false"]), out)
+    job(
+        compose_config(
+            [
+                "experiment=quick",
+                "mode=walk_forward",
+                "walk_forward.folds=3",
+                "agent.total_frames=8192",
+                "agent.progress=false",
+                "backtest.plots=false",
+            ]
+        ),
+        out,
+    )
     printed = capsys.readouterr().out
     assert "Walk-forward: 3 folds (rolling)" in printed and "stitched" in printed
     report = json.loads((out / "walk_forward.json").read_text())
     tests = [row["test"].split("..") for row in report["folds"]]
     assert all(a[1] <= b[0] for a, b in zip(tests, tests[1:]))  # fold test segments in order
     stitched = pd.read_csv(out / "stitched.csv", index_col=0, parse_dates=True)["ppo"]
-    folds = [pd.read_csv(out / f"fold{k}" / "equity.csv", index_col=0, parse_dates=True)["equity"]
-             for k in range(3)]
+    folds = [pd.read_csv(out / f"fold{k}" / "equity.csv", index_col=0, parse_dates=True)["equity"] for k in range(3)]
     pd.testing.assert_series_equal(stitched, stitch(folds), check_names=False)
     assert report["stitched"]["ppo"]["total_return"] == pytest.approx(stitched.iloc[-1] / stitched.iloc[0] - 1)
     by_name = {r.info.run_name: r for r in runs(tmp_path)}
@@ -141,9 +165,17 @@ def test_seeds_find_a_planted_signal_and_only_chance_on_a_random_walk(tmp_path, 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     fractions = {}
     for signal in (0.3, 0.0):
-        cfg = compose_config(["experiment=planted_signal", f"data.signal={signal}", "data.n_bars=5000",
-                              "agent.total_frames=49152", "agent.progress=false", "backtest.plots=false",
-                              "seeds=3"])
+        cfg = compose_config(
+            [
+                "experiment=planted_signal",
+                f"data.signal={signal}",
+                "data.n_bars=5000",
+                "agent.total_frames=49152",
+                "agent.progress=false",
+                "backtest.plots=false",
+                "seeds=3",
+            ]
+        )
         result = run_seeds(cfg, tmp_path / f"signal{signal}", job)
         fractions[signal] = result["seeds"]["beat_buy_and_hold"]
         assert (tmp_path / f"signal{signal}" / "seeds_equity.png").is_file()

@@ -1,4 +1,5 @@
 """TA-Lib feature sets: no look-ahead per indicator, robust inputs, normalisation, cache."""
+
 import shutil
 
 import numpy as np
@@ -107,8 +108,13 @@ def test_rolling_zscore_matches_pandas_rolling_statistics():
     from src.features.normalize import CLIP, rolling_zscore
 
     rng = np.random.default_rng(0)
-    df = pd.DataFrame({"level": np.cumsum(rng.normal(size=3000)) * 1e6 + 1e9,  # OBV-like scale
-                       "noise": rng.normal(size=3000), "flat": 1.0})
+    df = pd.DataFrame(
+        {
+            "level": np.cumsum(rng.normal(size=3000)) * 1e6 + 1e9,  # OBV-like scale
+            "noise": rng.normal(size=3000),
+            "flat": 1.0,
+        }
+    )
     df.iloc[:30, 1] = np.nan
     window = 64
     mean, std = df.rolling(window).mean(), df.rolling(window).std()

@@ -1,4 +1,5 @@
 """Features only look back; splits are by time."""
+
 import numpy as np
 import pytest
 from hypothesis import given, settings

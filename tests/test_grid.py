@@ -1,4 +1,5 @@
 """mode=grid: a rule strategy's grid as N envs of one kernel call, each cell its own backtest."""
+
 import json
 
 import pandas as pd
@@ -12,15 +13,17 @@ from tests.conftest import compose_config, runs
 
 @pytest.mark.parametrize("backtest", ["default", "risk_managed"])
 def test_every_grid_cell_equals_the_single_backtest_of_its_combination(backtest, market_df):
-    cfg = compose_config(["agent=sma_cross", f"backtest={backtest}", "grid.params.fast=[3,8,20]",
-                          "grid.params.slow=[8,30,60]"])
+    cfg = compose_config(
+        ["agent=sma_cross", f"backtest={backtest}", "grid.params.fast=[3,8,20]", "grid.params.slow=[8,30,60]"]
+    )
     df = with_risk_columns(market_df.iloc[:1200], cfg.backtest)
     env = registry.build("env", cfg.env, df, seed=0)
     backtester = registry.build("backtest", cfg.backtest, cfg.env, env.actions)
     cells = combinations(cfg, env)
     assert [tuple(p.values()) for p, _ in cells] == [(3, 8), (3, 30), (3, 60), (8, 30), (8, 60), (20, 30), (20, 60)]
-    targets = pd.concat([pd.Series(env.actions.to_targets(a.signals(df)).reshape(-1)) for _, a in cells],
-                        axis=1).to_numpy()
+    targets = pd.concat(
+        [pd.Series(env.actions.to_targets(a.signals(df)).reshape(-1)) for _, a in cells], axis=1
+    ).to_numpy()
     together = backtester.run_targets(targets, df)
     for (params, agent), cell in zip(cells, together):
         alone = backtester.run(agent, df)
@@ -42,8 +45,18 @@ def test_grid_mode_selects_on_validation_and_reports_test_separately(tmp_path, m
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     out = tmp_path / "out"
-    run(compose_config(["mode=grid", "agent=sma_cross", "grid.params.fast=[5,20]",
-                        "grid.params.slow=[50,100,200]", "data.n_bars=4000"]), out)
+    run(
+        compose_config(
+            [
+                "mode=grid",
+                "agent=sma_cross",
+                "grid.params.fast=[5,20]",
+                "grid.params.slow=[50,100,200]",
+                "data.n_bars=4000",
+            ]
+        ),
+        out,
+    )
     assert "Grid: top 6 of 6 by val_sharpe" in capsys.readouterr().out
     grid = pd.read_csv(out / "grid.csv")
     assert len(grid) == 6 and grid["val_sharpe"].is_monotonic_decreasing

@@ -1,6 +1,7 @@
 """Research-integrity guards: sizing that follows its size, no look-ahead with every rule on,
 costs that keep leverage within the cap, positions closed at the end, financing and accounting
 recomputed independently from the files a run writes."""
+
 import functools
 
 import numpy as np
@@ -12,8 +13,9 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from src import registry
-from src.backtest.metrics import RATIO_CAP, compute_metrics, periods_per_year
+from src.backtest.metrics import RATIO_CAP, compute_metrics
 from src.backtest.sizing import with_risk_columns
+from src.data.timeframes import periods_per_year
 from src.envs import kernels as k
 from src.envs.market import MarketRules, VectorMarket
 from src.scenarios import apply_scenarios
@@ -21,8 +23,7 @@ from tests.conftest import compose_config
 from tests.test_kernel_properties import WINDOW, random_market
 from tests.test_risk_rules import bars, market
 
-SCENARIOS = ["none", "flash_crash", "low_liquidity", "volatility_spike", "gap", "fee_spike",
-             "trend_reversal"]
+SCENARIOS = ["none", "flash_crash", "low_liquidity", "volatility_spike", "gap", "fee_spike", "trend_reversal"]
 
 
 def test_a_constant_target_follows_a_changing_size():
@@ -55,7 +56,8 @@ def test_kelly_sizes_longs_and_shorts_by_the_sign_of_the_edge():
     cfg = OmegaConf.merge(compose_config().backtest, {"sizing": {"method": "kelly", "vol_window": 20}})
     rising = random_market(1, n_bars=200)
     rising[["$open", "$high", "$low", "$close"]] = rising[["$open", "$high", "$low", "$close"]].mul(
-        np.exp(np.arange(200) * 0.01), axis=0)
+        np.exp(np.arange(200) * 0.01), axis=0
+    )
     falling = rising.iloc[::-1].set_axis(rising.index)
     up, down = with_risk_columns(rising, cfg).iloc[40:], with_risk_columns(falling, cfg).iloc[40:]
     assert (up["@size"] > 0).mean() > 0.9 and (up["@short_size"] == 0).mean() > 0.9
@@ -65,13 +67,19 @@ def test_kelly_sizes_longs_and_shorts_by_the_sign_of_the_edge():
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10_000), fee=st.floats(0, 0.01), slippage_bps=st.floats(0, 50),
-       impact=st.floats(0, 0.05), leverage=st.sampled_from([1.0, 2.0]), short=st.booleans())
+@given(
+    seed=st.integers(0, 10_000),
+    fee=st.floats(0, 0.01),
+    slippage_bps=st.floats(0, 50),
+    impact=st.floats(0, 0.05),
+    leverage=st.sampled_from([1.0, 2.0]),
+    short=st.booleans(),
+)
 def test_orders_are_sized_so_that_notional_plus_costs_fits_the_leverage_cap(
-        seed, fee, slippage_bps, impact, leverage, short):
+    seed, fee, slippage_bps, impact, leverage, short
+):
     df = random_market(seed)
-    m = market(df, transaction_fee=fee, slippage_bps=slippage_bps, impact=impact,
-               max_leverage=leverage, capital=1000.0)
+    m = market(df, transaction_fee=fee, slippage_bps=slippage_bps, impact=impact, max_leverage=leverage, capital=1000.0)
     m.reset(start=WINDOW - 1)
     target = -leverage if short else leverage
     m.step(np.array([target]))
@@ -110,14 +118,20 @@ def perturbed_after(df: pd.DataFrame, t: int, seed: int, fill: int | None = None
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def stressed_config(scenario: str, sizing: str, stops: str):
     """The run config of one combination (composed once: hypothesis examples reuse it); windowed
     scenarios are shortened to fit the 60 stressed bars of the property test."""
     stop, take = ("0.03", "0.06") if stops == "percent" else ("2.0", "4.0")
-    overrides = [f"scenario={scenario}", "backtest=risk_managed", f"backtest.sizing.method={sizing}",
-                 "backtest.sizing.vol_window=16", f"backtest.stops.unit={stops}",
-                 f"backtest.stops.stop_loss={stop}", f"backtest.stops.take_profit={take}"]
+    overrides = [
+        f"scenario={scenario}",
+        "backtest=risk_managed",
+        f"backtest.sizing.method={sizing}",
+        "backtest.sizing.vol_window=16",
+        f"backtest.stops.unit={stops}",
+        f"backtest.stops.stop_loss={stop}",
+        f"backtest.stops.take_profit={take}",
+    ]
     if scenario in ("volatility_spike", "trend_reversal", "fee_spike", "gap"):
         overrides += [f"scenario.{scenario}.bars=20", f"scenario.{scenario}.at=0.3"]
     if scenario == "flash_crash":
@@ -126,21 +140,38 @@ def stressed_config(scenario: str, sizing: str, stops: str):
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10_000), decision=st.integers(40, 90), noise=st.integers(0, 99),
-       scenario=st.sampled_from(SCENARIOS), sizing=st.sampled_from(["vol_target", "kelly", "none"]),
-       participation=st.sampled_from([0.0, 0.05, 0.5]), stops=st.sampled_from(["percent", "atr"]))
+@given(
+    seed=st.integers(0, 10_000),
+    decision=st.integers(40, 90),
+    noise=st.integers(0, 99),
+    scenario=st.sampled_from(SCENARIOS),
+    sizing=st.sampled_from(["vol_target", "kelly", "none"]),
+    participation=st.sampled_from([0.0, 0.05, 0.5]),
+    stops=st.sampled_from(["percent", "atr"]),
+)
 def test_nothing_decided_or_filled_up_to_t_plus_1_sees_bars_after_t(
-        seed, decision, noise, scenario, sizing, participation, stops):
+    seed, decision, noise, scenario, sizing, participation, stops
+):
     """With sizing, long and short stops, the participation cap and a scenario all on: changing
     every bar after t changes no observation, decision, fill, equity or account state up to bar
     t, nor the order filled at bar t+1's open."""
     cfg = stressed_config(scenario, sizing, stops)
     raw = random_market(seed, n_bars=120)
-    rules = MarketRules(transaction_fee=0.001, slippage_bps=2.0, impact=0.01,
-                        max_participation=participation, episode_length=10_000,
-                        equity_floor=-np.inf, stop_loss=cfg.backtest.stops.stop_loss,
-                        take_profit=cfg.backtest.stops.take_profit, borrow_per_bar=1e-4,
-                        funding_per_bar=1e-4, drawdown_limit=0.3, pause_bars=3, capital=1000.0)
+    rules = MarketRules(
+        transaction_fee=0.001,
+        slippage_bps=2.0,
+        impact=0.01,
+        max_participation=participation,
+        episode_length=10_000,
+        equity_floor=-np.inf,
+        stop_loss=cfg.backtest.stops.stop_loss,
+        take_profit=cfg.backtest.stops.take_profit,
+        borrow_per_bar=1e-4,
+        funding_per_bar=1e-4,
+        drawdown_limit=0.3,
+        pause_bars=3,
+        capital=1000.0,
+    )
     records = []
     stamps = apply_scenarios(raw, 60, cfg.scenario)[0].index
     fill = raw.index.get_loc(stamps[stamps > raw.index[decision]][0])  # t+1 unless t+1 is in a gap
@@ -161,8 +192,18 @@ def test_nothing_decided_or_filled_up_to_t_plus_1_sees_bars_after_t(
                 fills = fills[[k.ENTRY_PRICE, k.ENTRY_UNITS, k.ENTRY_FEE, k.PARTIAL]]
                 history.append((observation, target, fills))
             else:
-                history.append((observation, target, fills, m.equity.copy(), m.cash.copy(),
-                                m.units.copy(), m.risk.copy(), m.requested.copy()))
+                history.append(
+                    (
+                        observation,
+                        target,
+                        fills,
+                        m.equity.copy(),
+                        m.cash.copy(),
+                        m.units.copy(),
+                        m.risk.copy(),
+                        m.requested.copy(),
+                    )
+                )
         records.append(history)
     original, changed = records
     assert len(original) == len(changed)
@@ -192,8 +233,15 @@ def short_then_flat(n_bars: int, first: int, held: int) -> np.ndarray:
 def test_financing_is_the_sum_over_the_bars_held():
     df = bars([(100, 100, 100, 100)] * 20)
     per_bar = 0.001
-    cfg = compose_config([f"env.window_size={WINDOW}", "env.allow_short=true", "env.transaction_fee=0", "env.slippage_bps=0",
-                          f"backtest.financing.borrow_rate={per_bar * periods_per_year(df.index)}"])
+    cfg = compose_config(
+        [
+            f"env.window_size={WINDOW}",
+            "env.allow_short=true",
+            "env.transaction_fee=0",
+            "env.slippage_bps=0",
+            f"backtest.financing.borrow_rate={per_bar * periods_per_year(df.index)}",
+        ]
+    )
     env = registry.build("env", cfg.env, df, seed=0, num_envs=1)
     backtester = registry.build("backtest", cfg.backtest, cfg.env, env.actions)
     result = backtester.run(fixed_agent(short_then_flat(len(df), WINDOW + 1, 8)), df)
@@ -226,12 +274,18 @@ def test_equity_is_initial_cash_plus_fill_cash_flows_fees_and_financing(seed, tm
     financing so far + units held x close; after the last bar nothing is held."""
     from src.agents.baselines import RandomAgent
 
-    cfg = compose_config(["env=continuous", "env.max_leverage=2", "backtest=risk_managed",
-                          "backtest.financing.funding_rate=0.5", "env.transaction_fee=0.002"])
+    cfg = compose_config(
+        [
+            "env=continuous",
+            "env.max_leverage=2",
+            "backtest=risk_managed",
+            "backtest.financing.funding_rate=0.5",
+            "env.transaction_fee=0.002",
+        ]
+    )
     df = with_risk_columns(market_df.iloc[1000:1600], cfg.backtest)
     env = registry.build("env", cfg.env, df, seed=0, num_envs=1)
-    result = registry.build("backtest", cfg.backtest, cfg.env, env.actions).run(
-        RandomAgent(env.actions, seed), df)
+    result = registry.build("backtest", cfg.backtest, cfg.env, env.actions).run(RandomAgent(env.actions, seed), df)
     result.trades.to_csv(tmp_path / "trades.csv", index=False)
     pd.concat([result.equity, result.financing], axis=1).to_csv(tmp_path / "equity.csv")
     trades = pd.read_csv(tmp_path / "trades.csv", parse_dates=["timestamp"])
@@ -252,8 +306,9 @@ def curve(values):
 
 def test_a_flawless_curve_ranks_first_and_drawdown_stays_in_bounds():
     flawless = compute_metrics(curve(100 * 1.01 ** np.arange(30)), np.ones(30), None, periods=365)
-    bumpy = compute_metrics(curve(100 * np.cumprod(np.r_[1, np.tile([1.03, 0.995], 15)[:29]])),
-                            np.ones(30), None, periods=365)
+    bumpy = compute_metrics(
+        curve(100 * np.cumprod(np.r_[1, np.tile([1.03, 0.995], 15)[:29]])), np.ones(30), None, periods=365
+    )
     assert flawless["sortino"] == RATIO_CAP and flawless["calmar"] == RATIO_CAP
     assert sorted([bumpy, flawless], key=lambda m: m["sortino"], reverse=True)[0] is flawless
     flat = compute_metrics(curve(np.full(30, 100.0)), np.zeros(30), None, periods=365)
@@ -275,20 +330,31 @@ def test_repaired_bars_add_no_observed_feature(market_df):
     assert "@filled" in repaired and feature_columns(featurize(repaired)) == feature_columns(featurize(raw))
 
 
-@pytest.mark.parametrize("override, message", [
-    ("backtest.sizing.target_vol=-0.2", r"backtest.sizing.target_vol=-0.2 is out of range; valid: a number in \(0, inf\]"),
-    ("backtest.sizing.fraction=-1", r"backtest.sizing.fraction=-1 is out of range"),
-    ("backtest.execution.max_participation=1.5", r"max_participation=1.5 is out of range; valid: a number in \[0, 1\]"),
-    ("env.episode_length=0", r"env.episode_length=0 is out of range; valid: an integer in \[1, inf\]"),
-    ("env.num_envs=-4", r"env.num_envs=-4 is out of range"),
-    ("backtest.breaker.pause_bars=-1", r"backtest.breaker.pause_bars=-1 is out of range"),
-    ("env.num_envs=abc", r"env.num_envs='abc' has the wrong type"),
-    ("scenario=flash_crash scenario.flash_crash.at=2", r"scenario.flash_crash.at=2 is out of range"),
-    ("mode=stress stress.scenarios=[gap] scenario=gap scenario.gap.bars=-3", r"scenario.gap.bars=-3"),
-    ("stress.train_under_scenario=true scenario=volatility_spike features.normalize.method=train_zscore",
-     r"would fit the scaler on stressed train bars"),
-    ("backtest.stops.reenter=later", r"backtest.stops.reenter='later'; valid: next_bar, signal"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "backtest.sizing.target_vol=-0.2",
+            r"backtest.sizing.target_vol=-0.2 is out of range; valid: a number in \(0, inf\]",
+        ),
+        ("backtest.sizing.fraction=-1", r"backtest.sizing.fraction=-1 is out of range"),
+        (
+            "backtest.execution.max_participation=1.5",
+            r"max_participation=1.5 is out of range; valid: a number in \[0, 1\]",
+        ),
+        ("env.episode_length=0", r"env.episode_length=0 is out of range; valid: an integer in \[1, inf\]"),
+        ("env.num_envs=-4", r"env.num_envs=-4 is out of range"),
+        ("backtest.breaker.pause_bars=-1", r"backtest.breaker.pause_bars=-1 is out of range"),
+        ("env.num_envs=abc", r"env.num_envs='abc' has the wrong type"),
+        ("scenario=flash_crash scenario.flash_crash.at=2", r"scenario.flash_crash.at=2 is out of range"),
+        ("mode=stress stress.scenarios=[gap] scenario=gap scenario.gap.bars=-3", r"scenario.gap.bars=-3"),
+        (
+            "stress.train_under_scenario=true scenario=volatility_spike features.normalize.method=train_zscore",
+            r"would fit the scaler on stressed train bars",
+        ),
+        ("backtest.stops.reenter=later", r"backtest.stops.reenter='later'; valid: next_bar, signal"),
+    ],
+)
 def test_a_setting_out_of_range_fails_before_any_work(override, message):
     from src.config_checks import ConfigError
     from src.envs.torchrl_env import market_rules
@@ -327,12 +393,17 @@ def test_buy_and_hold_under_stops_re_enters_by_default(reenter, reentries, marke
     open' (reenter=next_bar), not 'long until the first stop'."""
     from src.agents.baselines import BuyAndHold
 
-    cfg = compose_config(["backtest=risk_managed", "backtest.stops.stop_loss=1.0",
-                          "backtest.sizing.method=none", f"backtest.stops.reenter={reenter}"])
+    cfg = compose_config(
+        [
+            "backtest=risk_managed",
+            "backtest.stops.stop_loss=1.0",
+            "backtest.sizing.method=none",
+            f"backtest.stops.reenter={reenter}",
+        ]
+    )
     df = with_risk_columns(market_df.iloc[:1500], cfg.backtest)
     env = registry.build("env", cfg.env, df, seed=0, num_envs=1)
-    trades = registry.build("backtest", cfg.backtest, cfg.env, env.actions).run(
-        BuyAndHold(env.actions), df).trades
+    trades = registry.build("backtest", cfg.backtest, cfg.env, env.actions).run(BuyAndHold(env.actions), df).trades
     stops = trades.index[trades.reason == "stop_loss"]
     assert len(stops) >= 1
     after_first_stop = trades.loc[stops[0] + 1 :]

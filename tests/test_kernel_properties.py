@@ -1,4 +1,5 @@
 """Hypothesis properties of the numba env kernel (through VectorMarket, which only holds arrays)."""
+
 import numpy as np
 import pandas as pd
 from hypothesis import given, settings
@@ -16,18 +17,25 @@ def random_market(seed: int, n_bars: int = 64) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     close = 100 * np.exp(np.cumsum(rng.normal(0, 0.03, n_bars)))
     open_ = np.r_[100.0, close[:-1]] * np.exp(rng.normal(0, 0.01, n_bars))
-    df = pd.DataFrame({"$open": open_, "$high": np.maximum(open_, close) * 1.01,
-                       "$low": np.minimum(open_, close) * 0.99, "$close": close,
-                       "$volume": rng.uniform(1, 10, n_bars), "$f1": rng.normal(size=n_bars),
-                       "$f2": rng.normal(size=n_bars)},
-                      index=pd.date_range("2024-01-01", periods=n_bars, freq="h", tz="UTC"))
+    df = pd.DataFrame(
+        {
+            "$open": open_,
+            "$high": np.maximum(open_, close) * 1.01,
+            "$low": np.minimum(open_, close) * 0.99,
+            "$close": close,
+            "$volume": rng.uniform(1, 10, n_bars),
+            "$f1": rng.normal(size=n_bars),
+            "$f2": rng.normal(size=n_bars),
+        },
+        index=pd.date_range("2024-01-01", periods=n_bars, freq="h", tz="UTC"),
+    )
     return df
 
 
-def make_market(df, num_envs=1, fee=0.001, slippage_bps=2.0, seed=0, episode_length=10_000,
-                auto_reset=False, **rules):
-    rules = MarketRules(transaction_fee=fee, slippage_bps=slippage_bps, episode_length=episode_length,
-                        equity_floor=-np.inf, **rules)
+def make_market(df, num_envs=1, fee=0.001, slippage_bps=2.0, seed=0, episode_length=10_000, auto_reset=False, **rules):
+    rules = MarketRules(
+        transaction_fee=fee, slippage_bps=slippage_bps, episode_length=episode_length, equity_floor=-np.inf, **rules
+    )
     return VectorMarket(df, ["$f1", "$f2"], num_envs, WINDOW, rules, seed=seed, auto_reset=auto_reset)
 
 
@@ -47,8 +55,7 @@ def test_flat_policy_without_costs_keeps_equity_constant(seed, n_steps):
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 10_000), actions=actions_strategy, fee=st.floats(1e-5, 0.02),
-       slippage_bps=st.floats(0, 50))
+@given(seed=st.integers(0, 10_000), actions=actions_strategy, fee=st.floats(1e-5, 0.02), slippage_bps=st.floats(0, 50))
 def test_costs_never_make_equity_larger(seed, actions, fee, slippage_bps):
     df = random_market(seed)
     free, costly = make_market(df, fee=0.0, slippage_bps=0.0), make_market(df, fee=fee, slippage_bps=slippage_bps)

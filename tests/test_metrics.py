@@ -1,11 +1,13 @@
 """Metrics against hand-computed values, plus invariants."""
+
 import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from src.backtest.metrics import compute_metrics, periods_per_year
+from src.backtest.metrics import compute_metrics
+from src.data.timeframes import periods_per_year
 
 
 def curve(values, freq="D"):
@@ -16,8 +18,9 @@ def test_hand_computed_values():
     # returns +10%, -10%, +10%: mean 1/30, sample std sqrt(1/75), downside rms sqrt(1/300)
     fills = pd.DataFrame({"units": [1.0, -1.0], "price": [100.0, 99.0], "fee": [0.1, 0.1]})
     financing = np.array([0.0, 0.2, 0.3, 0.0])  # charged in the two bars held
-    m = compute_metrics(curve([100.0, 110.0, 99.0, 108.9]), np.array([0, 1, 1, 0]), fills, periods=252,
-                        financing=financing)
+    m = compute_metrics(
+        curve([100.0, 110.0, 99.0, 108.9]), np.array([0, 1, 1, 0]), fills, periods=252, financing=financing
+    )
     assert m["total_return"] == pytest.approx(0.089)
     assert m["sharpe"] == pytest.approx((1 / 30) / np.sqrt(1 / 75) * np.sqrt(252))
     assert m["sortino"] == pytest.approx((1 / 30) / np.sqrt(1 / 300) * np.sqrt(252))
@@ -52,8 +55,7 @@ def test_constant_equity_is_defined():
 def test_sharpe_invariant_to_scaling_and_drawdown_bounded(returns, scale):
     r = np.asarray(returns)
     base = compute_metrics(curve(np.cumprod(np.r_[1.0, 1 + r])), np.ones(len(r) + 1), None, periods=252)
-    scaled = compute_metrics(curve(np.cumprod(np.r_[1.0, 1 + r * scale])), np.ones(len(r) + 1), None,
-                             periods=252)
+    scaled = compute_metrics(curve(np.cumprod(np.r_[1.0, 1 + r * scale])), np.ones(len(r) + 1), None, periods=252)
     if r.std() > 1e-9 and np.abs(r * scale).max() < 1:
         assert scaled["sharpe"] == pytest.approx(base["sharpe"], rel=1e-6, abs=1e-9)
     assert -1 <= base["max_drawdown"] <= 0

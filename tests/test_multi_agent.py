@@ -1,5 +1,6 @@
 """The multi-agent market: single-agent equivalence, conservation, no look-ahead, netting, the
 TorchRL env, mappo/ippo, crowding, and the run from the README."""
+
 import json
 
 import numpy as np
@@ -17,14 +18,29 @@ from src.envs.multi_market import FEE_PAID, IMPACT_PAID, SLIPPAGE_PAID, Impact, 
 from src.envs.torchrl_env import feature_columns
 from tests.conftest import compose_config, run_cli, runs
 
-RULES = MarketRules(transaction_fee=0.001, slippage_bps=2.0, max_leverage=2.0, episode_length=400,
-                    reward="differential_sharpe", reward_param=0.05, capital=1e5)
-TINY = ["env=multi_agent", "agent=mappo", "agent.total_frames=1024", "agent.frames_per_batch=512",
-        "agent.minibatch_size=256", "agent.progress=false", "env.num_envs=8", "env.episode_length=64"]
+RULES = MarketRules(
+    transaction_fee=0.001,
+    slippage_bps=2.0,
+    max_leverage=2.0,
+    episode_length=400,
+    reward="differential_sharpe",
+    reward_param=0.05,
+    capital=1e5,
+)
+TINY = [
+    "env=multi_agent",
+    "agent=mappo",
+    "agent.total_frames=1024",
+    "agent.frames_per_batch=512",
+    "agent.minibatch_size=256",
+    "agent.progress=false",
+    "env.num_envs=8",
+    "env.episode_length=64",
+]
 
 
-def _multi(df, E, K, impact=Impact(), rules=RULES, start=40):
-    market = MultiMarket(df, feature_columns(df), E, K, 16, rules, impact)
+def _multi(df, E, K, impact: Impact | None = None, rules=RULES, start=40):
+    market = MultiMarket(df, feature_columns(df), E, K, 16, rules, impact or Impact())
     market.reset(start=start)
     return market
 
@@ -46,8 +62,7 @@ def test_with_impact_off_every_agent_trades_exactly_like_the_single_agent_kernel
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 10_000), eta=st.floats(0, 0.5), gamma=st.floats(0, 0.1),
-       agents=st.integers(1, 5))
+@given(seed=st.integers(0, 10_000), eta=st.floats(0, 0.5), gamma=st.floats(0, 0.1), agents=st.integers(1, 5))
 def test_total_equity_change_is_mark_to_market_minus_fees_and_impact(market_df, seed, eta, gamma, agents):
     """Per bar: sum of equity changes = sum of units x the (impacted) price moves - fees -
     fixed slippage - temporary impact paid, to float precision."""
@@ -61,8 +76,7 @@ def test_total_equity_change_is_mark_to_market_minus_fees_and_impact(market_df, 
             rows = slice(e * agents, (e + 1) * agents)
             previous_close, fill_open = closes[t[e]] * level[e], opens[t[e] + 1] * level[e]
             close = closes[t[e] + 1] * market.level[e]
-            moved = (units[rows] * (fill_open - previous_close)
-                     + market.units[rows] * (close - fill_open)).sum()
+            moved = (units[rows] * (fill_open - previous_close) + market.units[rows] * (close - fill_open)).sum()
             costs = market.paid[rows, [FEE_PAID, SLIPPAGE_PAID, IMPACT_PAID]].sum()
             assert (market.equity[rows] - equity[rows]).sum() == pytest.approx(moved - costs, abs=1e-12, rel=1e-9)
         assert (market.paid[:, IMPACT_PAID].reshape(2, agents).sum(axis=1) >= -1e-15).all()  # the flow pays
@@ -72,7 +86,7 @@ def test_nothing_decided_or_filled_up_to_t_plus_1_sees_bars_after_t(market_df):
     t_cut = 80
     later = market_df.copy()
     rng = np.random.default_rng(1)
-    after = later.index[t_cut + 1:]
+    after = later.index[t_cut + 1 :]
     for column in ["$high", "$low", "$close", "$volume", *feature_columns(market_df)]:
         later.loc[after, column] = later.loc[after, column].to_numpy() * rng.uniform(0.5, 1.5, len(after))
     later["$high"] = later[["$open", "$high", "$low", "$close"]].max(axis=1)
@@ -119,8 +133,13 @@ def test_crowding_into_the_same_trade_earns_each_agent_less_than_trading_alone(m
 
 
 def test_the_torchrl_env_has_nested_agent_keys_and_passes_check_env_specs(market_df):
-    cfg = compose_config(TINY + ["env.agents=[{role: learner}, {role: learner}, {role: buy_and_hold},"
-                                 " {role: sma_cross, fast: 5, slow: 20}, {name: noise, role: random}]"])
+    cfg = compose_config(
+        TINY
+        + [
+            "env.agents=[{role: learner}, {role: learner}, {role: buy_and_hold},"
+            " {role: sma_cross, fast: 5, slow: 20}, {name: noise, role: random}]"
+        ]
+    )
     env = registry.build("env", cfg.env, market_df, seed=0)
     check_env_specs(env)
     assert env.group_map == {"agents": ["agent_0", "agent_1"]}
@@ -139,7 +158,7 @@ def test_multi_agent_ppo_trains_the_same_way_twice(name, market_df):
         env = registry.build("env", cfg.env, market_df, seed=0)
         agent = registry.build("agent", cfg.agent, env, seed=0)
         curve = []
-        agent.fit(env, lambda m, step: curve.append(m))
+        agent.fit(env, lambda m, step, curve=curve: curve.append(m))
         weights.append([p.detach().clone() for p in agent.actor.parameters()])
         assert len(curve) == 2 and curve[-1]["perf/frames_per_second"] > 0
     assert all(torch.equal(a, b) for a, b in zip(*weights))
@@ -162,8 +181,16 @@ def test_mappo_beats_random_learners_on_a_planted_signal_market(tmp_path, monkey
     from src.run import run
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    cfg = compose_config(["experiment=planted_signal", "env=multi_agent", "agent=mappo",
-                          "env.num_agents=2", "agent.total_frames=65536", "agent.progress=false"])
+    cfg = compose_config(
+        [
+            "experiment=planted_signal",
+            "env=multi_agent",
+            "agent=mappo",
+            "env.num_agents=2",
+            "agent.total_frames=65536",
+            "agent.progress=false",
+        ]
+    )
     run(cfg, tmp_path / "out")
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     learners = [summary[f"agent_{k}"]["sharpe"] for k in range(2)]
@@ -172,8 +199,7 @@ def test_mappo_beats_random_learners_on_a_planted_signal_market(tmp_path, monkey
 
 @pytest.mark.slow
 def test_the_multi_agent_experiment_runs_from_the_readme(tmp_path):
-    result = run_cli(tmp_path, "experiment=multi_agent", f"hydra.run.dir={tmp_path}/out",
-                     "agent.total_frames=8192")
+    result = run_cli(tmp_path, "experiment=multi_agent", f"hydra.run.dir={tmp_path}/out", "agent.total_frames=8192")
     assert "Market: what the agents' flow did to the price" in result.stdout
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert {"agent_0", "agent_1", "agent_2", "hold", "trend", "market", "random_learners"} <= set(summary)

@@ -1,6 +1,7 @@
 """Paper trading: closed bars only, streamed observations equal batch ones, sessions identical to
 the backtest (parity), resume, kill -9, SIGINT, and a real ccxt.pro websocket client against a
 loopback Binance stream server with reconnects, REST backfill and a stale feed."""
+
 import json
 import os
 import signal
@@ -17,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from src import registry
+from src.envs.torchrl_env import feature_columns
 from src.live.bars import ClosedBars
 from src.live.observe import Observer
-from src.envs.torchrl_env import feature_columns
 from tests.conftest import ROOT, compose_config, runs
 from tests.fake_exchange import FIRST_BAR_MS, HOUR_MS, FakeBinance, FakeBinanceStream
 from tests.test_kernel_properties import random_market
@@ -49,8 +50,11 @@ def test_only_closed_bars_come_out_each_once_in_order(n, partial, seed):
 
 
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 1000), cut=st.integers(0, 150),
-       method=st.sampled_from(["rolling_zscore", "train_zscore", "none"]))
+@given(
+    seed=st.integers(0, 1000),
+    cut=st.integers(0, 150),
+    method=st.sampled_from(["rolling_zscore", "train_zscore", "none"]),
+)
 def test_streamed_observation_equals_the_batch_observation(seed, cut, method):
     """The live observation of bar t (the pipeline on bars <= t, a checkpoint's scaler) equals
     the batch pipeline's row window at t on the whole history."""
@@ -68,17 +72,39 @@ def test_streamed_observation_equals_the_batch_observation(seed, cut, method):
     np.testing.assert_array_equal(live[0], expected)
 
 
-PAPER = ["mode=paper", "data.n_bars=3000", "paper.history_bars=700", "paper.panel=false",
-         "agent=sma_cross", "agent.fast=3", "agent.slow=8", "backtest.plots=false"]
+PAPER = [
+    "mode=paper",
+    "data.n_bars=3000",
+    "paper.history_bars=700",
+    "paper.panel=false",
+    "agent=sma_cross",
+    "agent.fast=3",
+    "agent.slow=8",
+    "backtest.plots=false",
+]
 
 
 def paper_cli(tmp_path: Path, *args: str, wait: bool = True, session: str = "s"):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "src.run", *args, f"paper.session={session}",
-               f"paper.journal_dir={tmp_path / 'journal'}", f"hydra.run.dir={tmp_path / session}"]
+    command = [
+        sys.executable,
+        "-m",
+        "src.run",
+        *args,
+        f"paper.session={session}",
+        f"paper.journal_dir={tmp_path / 'journal'}",
+        f"hydra.run.dir={tmp_path / session}",
+    ]
     if not wait:
-        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        return subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -121,8 +147,10 @@ def interrupt(process, signum: int = signal.SIGINT) -> str:
 def same_trading(tmp_path: Path, a: str, b: str) -> None:
     """Sessions a and b journaled the same bars, decisions, fills and equity."""
     for table in ("bars", "fills", "equity"):
-        pd.testing.assert_frame_equal(journal(tmp_path, a, table).drop(columns="order_key", errors="ignore"),
-                                      journal(tmp_path, b, table).drop(columns="order_key", errors="ignore"))
+        pd.testing.assert_frame_equal(
+            journal(tmp_path, a, table).drop(columns="order_key", errors="ignore"),
+            journal(tmp_path, b, table).drop(columns="order_key", errors="ignore"),
+        )
     decisions = [journal(tmp_path, s, "decisions")[["ts", "obs_hash", "target"]] for s in (a, b)]
     pd.testing.assert_frame_equal(*decisions)
 
@@ -166,10 +194,21 @@ def test_a_daily_equity_session_is_identical_to_the_backtest(tmp_path, monkeypat
     from src.run import run
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    cfg = compose_config(["mode=paper", "data=sample_goog_1d", "env.window_size=20", "agent=sma_cross",
-                          "paper.history_bars=300", "feed.max_bars=80", "paper.panel=false",
-                          "paper.session=goog", f"paper.journal_dir={tmp_path}", "backtest=risk_managed",
-                          "backtest.plots=false"])
+    cfg = compose_config(
+        [
+            "mode=paper",
+            "data=sample_goog_1d",
+            "env.window_size=20",
+            "agent=sma_cross",
+            "paper.history_bars=300",
+            "feed.max_bars=80",
+            "paper.panel=false",
+            "paper.session=goog",
+            f"paper.journal_dir={tmp_path}",
+            "backtest=risk_managed",
+            "backtest.plots=false",
+        ]
+    )
     result = run(cfg, tmp_path / "out")["paper"]
     assert result["parity"] == "parity: identical" and result["bars"] == 80 and result["trades"] > 0
 
@@ -213,10 +252,23 @@ SMA = ("agent=sma_cross", "agent.fast=3", "agent.slow=8")
 
 def ws_cli(tmp_path, rest, stream, session, *args, wait=True, agent=SMA):
     return paper_cli(
-        tmp_path, "mode=paper", "feed=ccxt", "data=binance_btc_usdt_1h", f"data.base_url={rest.url}",
-        f"feed.ws_url={stream.url}", "feed.close_grace_seconds=null", "data.start=2024-01-01",
-        "data.end=2024-03-20", f"data.cache_dir={tmp_path / 'raw'}", *agent, "paper.panel=false",
-        "feed.reconnect_backoff=0.1", *args, session=session, wait=wait)
+        tmp_path,
+        "mode=paper",
+        "feed=ccxt",
+        "data=binance_btc_usdt_1h",
+        f"data.base_url={rest.url}",
+        f"feed.ws_url={stream.url}",
+        "feed.close_grace_seconds=null",
+        "data.start=2024-01-01",
+        "data.end=2024-03-20",
+        f"data.cache_dir={tmp_path / 'raw'}",
+        *agent,
+        "paper.panel=false",
+        "feed.reconnect_backoff=0.1",
+        *args,
+        session=session,
+        wait=wait,
+    )
 
 
 @pytest.fixture
@@ -239,8 +291,8 @@ def test_websocket_session_is_identical_to_the_backtest_and_survives_a_dropped_c
     # candles that reach the assembler are dropped and counted
     assert result["duplicates"] + result["out_of_order"] > 0
     bars = journal(tmp_path, "ws", "bars").query("history == 0")
-    np.testing.assert_array_equal(bars.ts, [r[0] for r in rest.rows[WS_START:WS_STOP - 1]])
-    np.testing.assert_array_equal(bars.close, [float(r[4]) for r in rest.rows[WS_START:WS_STOP - 1]])
+    np.testing.assert_array_equal(bars.ts, [r[0] for r in rest.rows[WS_START : WS_STOP - 1]])
+    np.testing.assert_array_equal(bars.close, [float(r[4]) for r in rest.rows[WS_START : WS_STOP - 1]])
 
     with FakeBinanceStream(rest.rows, WS_START, WS_STOP) as flaky:
         flaky.drop_after, flaky.skip_on_reconnect = 15, 6  # 6 bars only REST still has
@@ -258,8 +310,9 @@ def test_websocket_session_is_identical_to_the_backtest_and_survives_a_dropped_c
 def test_a_silent_feed_is_stale_flattens_and_sigint_closes_the_socket(tmp_path, rest):
     with FakeBinanceStream(rest.rows, WS_START, WS_STOP) as stream:
         stream.silent_after = 12
-        process = ws_cli(tmp_path, rest, stream, "silent", "feed.stale_after=0.001", wait=False,
-                         agent=("agent=buy_and_hold",))  # 0.001 of an hour = 3.6 s without a bar
+        process = ws_cli(
+            tmp_path, rest, stream, "silent", "feed.stale_after=0.001", wait=False, agent=("agent=buy_and_hold",)
+        )  # 0.001 of an hour = 3.6 s without a bar
         try:
             wait_for_bars(tmp_path, "silent", 11, process)
             deadline = time.monotonic() + 60
@@ -299,8 +352,16 @@ def test_testnet_broker_sends_each_order_once_and_never_leaks_the_keys(tmp_path,
     assert set(mirrored.status) == {"closed"} and rest.api_keys == {key}
     assert summary(tmp_path, "testnet")["parity"] == "parity: identical"
     (run,) = runs(tmp_path)
-    texts += [str(run.data.params), str(run.data.tags), (tmp_path / "journal" / "testnet.db").read_bytes().decode(errors="ignore")]
-    texts += [p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".json", ".yaml", ".log", ".csv")]
+    texts += [
+        str(run.data.params),
+        str(run.data.tags),
+        (tmp_path / "journal" / "testnet.db").read_bytes().decode(errors="ignore"),
+    ]
+    texts += [
+        p.read_text(errors="ignore")
+        for p in tmp_path.rglob("*")
+        if p.is_file() and p.suffix in (".json", ".yaml", ".log", ".csv")
+    ]
     assert not any(key in text or secret in text for text in texts)
 
 

@@ -1,4 +1,5 @@
 """PPO variants train, checkpoints round-trip, and PPO learns a planted signal."""
+
 from pathlib import Path
 
 import pytest
@@ -10,19 +11,31 @@ from src.envs.torchrl_env import feature_columns
 from src.run import run
 from tests.conftest import compose_config
 
-TINY = ["agent.total_frames=1024", "agent.frames_per_batch=512", "agent.minibatch_size=256",
-        "agent.progress=false", "env.num_envs=8", "env.episode_length=64"]
+TINY = [
+    "agent.total_frames=1024",
+    "agent.frames_per_batch=512",
+    "agent.minibatch_size=256",
+    "agent.progress=false",
+    "env.num_envs=8",
+    "env.episode_length=64",
+]
 
 
-@pytest.mark.parametrize("overrides", [["agent=ppo"], ["agent=ppo_conv"], ["env=continuous"],
-                                       ["env.reward=differential_sharpe", "env.reward_param=0.01"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["agent=ppo"],
+        ["agent=ppo_conv"],
+        ["env=continuous"],
+        ["env.reward=differential_sharpe", "env.reward_param=0.01"],
+    ],
+)
 def test_ppo_variant_trains_and_round_trips(overrides, market_df, tmp_path):
     cfg = compose_config(overrides + TINY)
     env = registry.build("env", cfg.env, market_df, seed=0)
     agent = registry.build("agent", cfg.agent, env, seed=0)
     curve = []
-    agent.fit(env, lambda metrics, step: curve.append(step),
-              evaluate=lambda a: {"sharpe": float(len(curve))})
+    agent.fit(env, lambda metrics, step: curve.append(step), evaluate=lambda a: {"sharpe": float(len(curve))})
     assert curve[-1] == 1024
     td = env.reset()
     actions = agent.act(td["market"], td["account"])
@@ -57,8 +70,9 @@ def test_a_checkpoint_carries_its_contract_and_refuses_a_run_it_does_not_fit(tmp
     stored = torch.load(path, weights_only=True)["contract"]
     assert stored == contract and len(stored["config_hash"]) == 64
     agent.load(path, contract)  # the same run: fine
-    other_data = Market(compose_config(TINY + ["data.n_bars=3000", "data.seed=99",
-                                               "features.normalize.method=train_zscore"]))
+    other_data = Market(
+        compose_config(TINY + ["data.n_bars=3000", "data.seed=99", "features.normalize.method=train_zscore"])
+    )
     for overrides, changed, scaler in [
         (["env.window_size=16"], "window_size", market.scaler),
         (["env.allow_short=true"], "action_space", market.scaler),
@@ -76,8 +90,9 @@ def test_a_checkpoint_carries_its_contract_and_refuses_a_run_it_does_not_fit(tmp
 def test_ppo_beats_baselines_on_planted_signal(tmp_path, monkeypatch):
     """With a planted momentum signal, PPO must clearly beat buy-and-hold and random out of sample."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    cfg = compose_config(["experiment=planted_signal", "agent.total_frames=98304",
-                          "agent.progress=false", "backtest.plots=false"])
+    cfg = compose_config(
+        ["experiment=planted_signal", "agent.total_frames=98304", "agent.progress=false", "backtest.plots=false"]
+    )
     metrics = run(cfg, tmp_path / "out")
     ppo, hold, rand = metrics["ppo"], metrics["buy_and_hold"], metrics["random"]
     assert ppo["sharpe"] > hold["sharpe"] + 1.0 and ppo["sharpe"] > rand["sharpe"] + 1.0

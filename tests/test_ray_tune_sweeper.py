@@ -1,4 +1,5 @@
 """The Ray Tune sweeper plugin: override parsing, discovery, and real sweeps on local Ray."""
+
 import os
 import signal
 import subprocess
@@ -18,9 +19,17 @@ from tests.conftest import ROOT, compose_config, run_cli, runs
 
 def test_every_override_form_maps_to_its_ray_tune_domain():
     space, fixed = parse(
-        ["a=1,2,3", "b=choice(x,y)", "c=range(0,6,2)", "d=tag(choice, range(1,4))",
-         "e=interval(0.1,0.5)", "f=tag(log, interval(1e-4, 1e-2))", "g=int(interval(2, 9))",
-         "h=tag(log, int(interval(1, 64)))", "i=7"],
+        [
+            "a=1,2,3",
+            "b=choice(x,y)",
+            "c=range(0,6,2)",
+            "d=tag(choice, range(1,4))",
+            "e=interval(0.1,0.5)",
+            "f=tag(log, interval(1e-4, 1e-2))",
+            "g=int(interval(2, 9))",
+            "h=tag(log, int(interval(1, 64)))",
+            "i=7",
+        ],
         {"j": "choice(8, 16)", "a": "choice(9)"},
     )
     assert space["a"] == {"grid_search": [1, 2, 3]}  # the command line wins over params
@@ -64,12 +73,24 @@ def sweep_runs(tmp_path):
 def test_real_sweep_with_a_failing_trial(tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = run_cli(
-        tmp_path, "--multirun", "hydra/sweeper=ray_tune", "hydra.sweeper.num_cpus=2", "hydra.sweeper.num_samples=1",
-        "hydra.sweeper.scheduler=asha", f"hydra.sweep.dir={sweep_dir}",
+        tmp_path,
+        "--multirun",
+        "hydra/sweeper=ray_tune",
+        "hydra.sweeper.num_cpus=2",
+        "hydra.sweeper.num_samples=1",
+        "hydra.sweeper.scheduler=asha",
+        f"hydra.sweep.dir={sweep_dir}",
         "agent.lr=0.001,0.0003,0.0001,-1.0",  # lr=-1 fails inside Adam: recorded, not fatal
-        "data.n_bars=2500", "agent.total_frames=2048", "agent.frames_per_batch=1024",
-        "agent.minibatch_size=512", "agent.eval_every=1", "agent.progress=false",
-        "env.num_envs=16", "env.episode_length=256", "backtest.plots=false")
+        "data.n_bars=2500",
+        "agent.total_frames=2048",
+        "agent.frames_per_batch=1024",
+        "agent.minibatch_size=512",
+        "agent.eval_every=1",
+        "agent.progress=false",
+        "env.num_envs=16",
+        "env.episode_length=256",
+        "backtest.plots=false",
+    )
     assert "Ray Tune trials" in result.stdout and "Invalid learning rate" in result.stdout
     (parent,), children, (tested,) = sweep_runs(tmp_path)
     assert all(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in children + [tested])
@@ -99,19 +120,46 @@ def test_real_sweep_with_a_failing_trial(tmp_path):
 
     # another search space in the same sweep dir is not a resume: refused, nothing runs
     changed = subprocess.run(
-        [sys.executable, "-m", "src.run", "--multirun", "hydra/sweeper=ray_tune",
-         "hydra.sweeper.num_cpus=2", "hydra.sweeper.num_samples=1", f"hydra.sweep.dir={sweep_dir}",
-         "agent.lr=0.001,0.0003", "data.n_bars=2500"], cwd=ROOT, capture_output=True, text=True,
-        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "src.run",
+            "--multirun",
+            "hydra/sweeper=ray_tune",
+            "hydra.sweeper.num_cpus=2",
+            "hydra.sweeper.num_samples=1",
+            f"hydra.sweep.dir={sweep_dir}",
+            "agent.lr=0.001,0.0003",
+            "data.n_bars=2500",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"},
+        timeout=300,
+    )
     assert changed.returncode != 0 and "was started with another search space" in changed.stderr
     assert len(runs(tmp_path)) == 6  # parent, 4 trials, the test of the best: nothing new
 
     # resume=false starts a new sweep with a new parent; the old parent is left as it was
-    run_cli(tmp_path, "--multirun", "hydra/sweeper=ray_tune", "hydra.sweeper.num_cpus=2",
-            "hydra.sweeper.num_samples=1", "hydra.sweeper.resume=false", f"hydra.sweep.dir={sweep_dir}",
-            "agent.lr=0.001,0.0003", "data.n_bars=2500", "agent.total_frames=1024",
-            "agent.frames_per_batch=1024", "agent.minibatch_size=512", "agent.progress=false",
-            "env.num_envs=16", "env.episode_length=256", "backtest.plots=false")
+    run_cli(
+        tmp_path,
+        "--multirun",
+        "hydra/sweeper=ray_tune",
+        "hydra.sweeper.num_cpus=2",
+        "hydra.sweeper.num_samples=1",
+        "hydra.sweeper.resume=false",
+        f"hydra.sweep.dir={sweep_dir}",
+        "agent.lr=0.001,0.0003",
+        "data.n_bars=2500",
+        "agent.total_frames=1024",
+        "agent.frames_per_batch=1024",
+        "agent.minibatch_size=512",
+        "agent.progress=false",
+        "env.num_envs=16",
+        "env.episode_length=256",
+        "backtest.plots=false",
+    )
     parents, trial_runs, _ = sweep_runs(tmp_path)
     assert len(parents) == 2 and len(trial_runs) == 6
     old = next(p for p in parents if p.info.run_id == parent.info.run_id)
@@ -120,34 +168,71 @@ def test_real_sweep_with_a_failing_trial(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_sweep_whose_trials_all_fail_ends_its_parent_failed(tmp_path):
+def test_a_sweep_whose_trials_all_fail_ends_its_parent_failed(tmp_path, mlflow_server):
+    """Logged to a real MLflow tracking server (as on a cluster): every trial's run is there."""
     result = subprocess.run(
-        [sys.executable, "-m", "src.run", "--multirun", "hydra/sweeper=ray_tune",
-         "hydra.sweeper.num_cpus=2", "hydra.sweeper.num_samples=1",
-         f"hydra.sweep.dir={tmp_path / 'sweep'}", "agent.lr=-1.0,-2.0", "data.n_bars=2500",
-         "agent.total_frames=1024", "agent.frames_per_batch=1024", "agent.minibatch_size=512",
-         "agent.progress=false", "env.num_envs=16", "env.episode_length=256"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
+        [
+            sys.executable,
+            "-m",
+            "src.run",
+            "--multirun",
+            "hydra/sweeper=ray_tune",
+            "hydra.sweeper.num_cpus=2",
+            "hydra.sweeper.num_samples=1",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            "agent.lr=-1.0,-2.0",
+            "data.n_bars=2500",
+            "agent.total_frames=1024",
+            "agent.frames_per_batch=1024",
+            "agent.minibatch_size=512",
+            "agent.progress=false",
+            "env.num_envs=16",
+            "env.episode_length=256",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server},
+    )
     assert result.returncode != 0 and "no trial completed" in result.stderr
-    (parent,), trials, tested = sweep_runs(tmp_path)
-    assert parent.info.status == "FAILED" and not tested
+    found = runs(tmp_path, mlflow_server)
+    (parent,) = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    trials = [r for r in found if r is not parent]
+    assert parent.info.status == "FAILED" and len(trials) == 2
     assert {r.info.status for r in trials} == {"FAILED"}
+    assert sorted(r.data.params["agent.lr"] for r in trials) == ["-1.0", "-2.0"]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trials)
 
 
-TINY_SWEEP = ["--multirun", "hydra/sweeper=ray_tune", "hydra.sweeper.num_cpus=2",
-              "hydra.sweeper.num_samples=1", "hydra.sweeper.max_concurrent_trials=1",
-              "agent.lr=0.001,0.0003,0.0001,0.00003", "data.n_bars=2500", "agent.total_frames=4096",
-              "agent.frames_per_batch=1024", "agent.minibatch_size=512", "agent.eval_every=1",
-              "agent.progress=false", "env.num_envs=16", "env.episode_length=256",
-              "backtest.plots=false"]
+TINY_SWEEP = [
+    "--multirun",
+    "hydra/sweeper=ray_tune",
+    "hydra.sweeper.num_cpus=2",
+    "hydra.sweeper.num_samples=1",
+    "hydra.sweeper.max_concurrent_trials=1",
+    "agent.lr=0.001,0.0003,0.0001,0.00003",
+    "data.n_bars=2500",
+    "agent.total_frames=4096",
+    "agent.frames_per_batch=1024",
+    "agent.minibatch_size=512",
+    "agent.eval_every=1",
+    "agent.progress=false",
+    "env.num_envs=16",
+    "env.episode_length=256",
+    "backtest.plots=false",
+]
 
 
 def finished_trials(tmp_path) -> list:
     try:
-        return [r for r in runs(tmp_path)
-                if r.info.status == "FINISHED" and not r.info.run_name.startswith("sweep-")
-                and not r.info.run_name.endswith("-test-of-best")]
+        return [
+            r
+            for r in runs(tmp_path)
+            if r.info.status == "FINISHED"
+            and not r.info.run_name.startswith("sweep-")
+            and not r.info.run_name.endswith("-test-of-best")
+        ]
     except Exception:  # noqa: BLE001 - the store may not exist yet
         return []
 
@@ -157,8 +242,9 @@ def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
     sweep_dir = tmp_path / "sweep"
     command = [sys.executable, "-m", "src.run", *TINY_SWEEP, f"hydra.sweep.dir={sweep_dir}"]
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
-    first = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        command, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 240
     while not finished_trials(tmp_path) and time.monotonic() < deadline and first.poll() is None:
         time.sleep(1)

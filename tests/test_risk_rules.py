@@ -1,4 +1,5 @@
 """Execution and risk rules of the kernel, shared by training and backtest."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,8 +24,18 @@ def bars(rows):
     history = [(100.0, 100.0, 100.0, 100.0)] * WINDOW
     array = np.asarray(history + rows, dtype=float)
     index = pd.date_range("2024-01-01", periods=len(array), freq="h", tz="UTC")
-    return pd.DataFrame({"$open": array[:, 0], "$high": array[:, 1], "$low": array[:, 2],
-                         "$close": array[:, 3], "$volume": 1e9, "$f1": 0.0, "$f2": 0.0}, index=index)
+    return pd.DataFrame(
+        {
+            "$open": array[:, 0],
+            "$high": array[:, 1],
+            "$low": array[:, 2],
+            "$close": array[:, 3],
+            "$volume": 1e9,
+            "$f1": 0.0,
+            "$f2": 0.0,
+        },
+        index=index,
+    )
 
 
 def test_stop_fills_at_the_stop_inside_the_bar_and_at_the_open_through_a_gap():
@@ -35,8 +46,7 @@ def test_stop_fills_at_the_stop_inside_the_bar_and_at_the_open_through_a_gap():
     m.step(np.array([1.0]))  # low 94 < stop 95: out at 95
     assert m.fills[0, k.EXIT_REASON] == k.STOP_EXIT and m.fills[0, k.EXIT_PRICE] == 95.0
     assert m.units[0] == 0.0
-    gap = bars([(100, 101, 99, 100), (90, 92, 88, 91), (91, 91, 91, 91), (91, 91, 91, 91),
-                (91, 91, 91, 91)])
+    gap = bars([(100, 101, 99, 100), (90, 92, 88, 91), (91, 91, 91, 91), (91, 91, 91, 91), (91, 91, 91, 91)])
     m = market(gap, stop_loss=0.05)
     m.reset(start=WINDOW - 1)
     m.step(np.array([1.0]))
@@ -82,7 +92,9 @@ def test_take_profit_and_trailing_stop_for_a_short():
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10_000), stop=st.floats(0.01, 0.1), actions=st.lists(st.integers(0, 1), min_size=5, max_size=50))
+@given(
+    seed=st.integers(0, 10_000), stop=st.floats(0.01, 0.1), actions=st.lists(st.integers(0, 1), min_size=5, max_size=50)
+)
 def test_a_stop_never_fills_worse_than_its_level_unless_the_bar_gaps(seed, stop, actions):
     df = random_market(seed)
     m = market(df, stop_loss=stop)
@@ -170,8 +182,9 @@ def test_low_liquidity_makes_the_participation_cap_bind(market_df):
     from src.agents.baselines import BuyAndHold
     from src.scenarios import apply_scenarios
 
-    cfg = compose_config(["scenario=low_liquidity", "backtest.initial_cash=2e7",
-                          "backtest.execution.max_participation=0.05"])
+    cfg = compose_config(
+        ["scenario=low_liquidity", "backtest.initial_cash=2e7", "backtest.execution.max_participation=0.05"]
+    )
     bars_df = market_df.iloc[:400]
     env = registry.build("env", cfg.env, bars_df, seed=0, num_envs=1)
     backtester = registry.build("backtest", cfg.backtest, cfg.env, env.actions)

@@ -1,5 +1,6 @@
 """Scale: the parallel kernel, training checkpoints and resume, Ctrl-C, the Ray worker scaler,
 Ray collection, resources=auto, the GPU learner."""
+
 import numba
 import numpy as np
 import pytest
@@ -14,13 +15,33 @@ from src.envs.torchrl_env import feature_columns
 from src.resources import Compute
 from tests.conftest import compose_config
 
-TINY = ["agent.total_frames=3072", "agent.frames_per_batch=512", "agent.minibatch_size=256",
-        "agent.progress=false", "env.num_envs=8", "env.episode_length=64", "agent.eval_every=2",
-        "agent.checkpoint_every=1"]
-RISKY = MarketRules(transaction_fee=0.001, slippage_bps=2.0, impact=0.05, max_participation=0.5,
-                    stop_loss=0.01, take_profit=0.03, trailing_stop=0.02, borrow_per_bar=1e-4,
-                    funding_per_bar=1e-4, drawdown_limit=0.1, pause_bars=3, max_leverage=2.0,
-                    episode_length=40, reward="differential_sharpe", reward_param=0.05)
+TINY = [
+    "agent.total_frames=3072",
+    "agent.frames_per_batch=512",
+    "agent.minibatch_size=256",
+    "agent.progress=false",
+    "env.num_envs=8",
+    "env.episode_length=64",
+    "agent.eval_every=2",
+    "agent.checkpoint_every=1",
+]
+RISKY = MarketRules(
+    transaction_fee=0.001,
+    slippage_bps=2.0,
+    impact=0.05,
+    max_participation=0.5,
+    stop_loss=0.01,
+    take_profit=0.03,
+    trailing_stop=0.02,
+    borrow_per_bar=1e-4,
+    funding_per_bar=1e-4,
+    drawdown_limit=0.1,
+    pause_bars=3,
+    max_leverage=2.0,
+    episode_length=40,
+    reward="differential_sharpe",
+    reward_param=0.05,
+)
 
 
 def _run_market(market_df, threads: int, parallel: bool) -> dict:
@@ -30,11 +51,31 @@ def _run_market(market_df, threads: int, parallel: bool) -> dict:
     targets = np.random.default_rng(1).uniform(-2, 2, size=(300, 257))
     step = kernels.step_envs_parallel if parallel else kernels.step_envs
     for row in targets:
-        step(row, market.bars, market._flat_features, market.window, market._rules, True,
-             market.rng_state, market.start_low, market.start_high, market.t, market.cash,
-             market.units, market.requested, market.equity, market.steps, market.stats, market.risk,
-             market._flat_obs, market.account, market.reward, market.terminated, market.truncated,
-             market.fills)
+        step(
+            row,
+            market.bars,
+            market._flat_features,
+            market.window,
+            market._rules,
+            True,
+            market.rng_state,
+            market.start_low,
+            market.start_high,
+            market.t,
+            market.cash,
+            market.units,
+            market.requested,
+            market.equity,
+            market.steps,
+            market.stats,
+            market.risk,
+            market._flat_obs,
+            market.account,
+            market.reward,
+            market.terminated,
+            market.truncated,
+            market.fills,
+        )
     return market.state()
 
 
@@ -64,8 +105,7 @@ def _fit(cfg, market_df, log, store):
 def test_an_interrupted_training_resumes_to_the_same_result_bit_for_bit(market_df, tmp_path):
     cfg = compose_config(TINY)
     whole_log = []
-    whole = _fit(cfg, market_df, lambda m, step: whole_log.append((step, m)),
-                 TrainingCheckpoints(tmp_path / "whole"))
+    whole = _fit(cfg, market_df, lambda m, step: whole_log.append((step, m)), TrainingCheckpoints(tmp_path / "whole"))
 
     store = TrainingCheckpoints(tmp_path / "cut")
     cut_log = []
@@ -90,8 +130,9 @@ def test_an_interrupted_training_resumes_to_the_same_result_bit_for_bit(market_d
 
 def test_the_checkpoint_fingerprint_ignores_only_what_does_not_change_training():
     base = compose_config()
-    assert fingerprint(base) == fingerprint(compose_config(["agent.resume=true", "agent.progress=false",
-                                                            "mode=stress", "mlflow.experiment=x"]))
+    assert fingerprint(base) == fingerprint(
+        compose_config(["agent.resume=true", "agent.progress=false", "mode=stress", "mlflow.experiment=x"])
+    )
     for changed in (["agent.lr=0.001"], ["seed=8"], ["env.num_envs=64"], ["data.n_bars=9000"]):
         assert fingerprint(compose_config(changed)) != fingerprint(base), changed
 
@@ -110,7 +151,7 @@ def test_training_logs_where_its_time_and_memory_go(market_df):
 
 # frames/s per iteration, as measured on this machine and on a loaded one (scale_every = 2)
 RISING = [1000, 1040, 1900, 1880, 1950, 1990, 2000, 1980]  # 2 -> 4 helps, 4 -> 8 does not
-CROWDED = [2000, 2000, 3600, 3640, 3600, 3600, 1500, 1400]   # 4 workers, then a competing trial
+CROWDED = [2000, 2000, 3600, 3640, 3600, 3600, 1500, 1400]  # 4 workers, then a competing trial
 
 
 def test_the_worker_scaler_adds_workers_while_throughput_rises_and_goes_back_when_it_stops():
@@ -138,9 +179,15 @@ def test_worker_counts_split_the_envs_evenly():
 def test_auto_resources_pick_the_fastest_candidate_and_log_the_probe(market_df):
     from src.agents.calibrate import calibrated
 
-    cfg = compose_config(TINY + ["resources=auto", "resources.calibrate.num_envs=[8,16]",
-                                 "resources.calibrate.minibatch_size=[128,4096]",
-                                 "resources.calibrate.iterations=1"])
+    cfg = compose_config(
+        TINY
+        + [
+            "resources=auto",
+            "resources.calibrate.num_envs=[8,16]",
+            "resources.calibrate.minibatch_size=[128,4096]",
+            "resources.calibrate.iterations=1",
+        ]
+    )
     tuned, table = calibrated(cfg, market_df, Compute(torch.device("cpu"), 1))
     assert table["num_envs"] == [8, 8, 16, 16]
     assert [r is None for r in table["frames_per_second"]] == [False, True, False, True]
@@ -179,28 +226,31 @@ def test_ray_workers_collect_reproducibly_and_the_scaler_changes_their_count(mar
 
     ray.init(num_cpus=5, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     try:
-        fixed = compose_config(TINY + ["resources=ray", "resources.ray.autoscale=false",
-                                       "agent.total_frames=1024"])
+        fixed = compose_config(TINY + ["resources=ray", "resources.ray.autoscale=false", "agent.total_frames=1024"])
         weights, logs = [], []
         for _ in range(2):
             logged = []
             env = registry.build("env", fixed.env, market_df, seed=0)
             agent = registry.build("agent", fixed.agent, env, seed=0)
-            agent.fit(env, lambda m, step: logged.append(m),
-                      compute=registry.build("resources", fixed.resources))
+            agent.fit(
+                env,
+                lambda m, step, logged=logged: logged.append(m),
+                compute=registry.build("resources", fixed.resources),
+            )
             weights.append([p.detach().clone() for p in agent.actor.parameters()])
             logs.append([m for m in logged if "train/lr" in m])
         assert len(logs[0]) == 2 and all(m["perf/ray_workers"] == 2 for m in logs[0])
         assert all(torch.equal(a, b) for a, b in zip(*weights))
         assert [m["train/reward_per_step"] for m in logs[0]] == [m["train/reward_per_step"] for m in logs[1]]
 
-        scaling = compose_config(TINY + ["resources=ray", "resources.ray.scale_every=1",
-                                         "resources.ray.max_workers=4", "agent.total_frames=1024"])
+        scaling = compose_config(
+            TINY
+            + ["resources=ray", "resources.ray.scale_every=1", "resources.ray.max_workers=4", "agent.total_frames=1024"]
+        )
         env = registry.build("env", scaling.env, market_df, seed=0)
         agent = registry.build("agent", scaling.agent, env, seed=0)
         logged = []
-        agent.fit(env, lambda m, step: logged.append(m),
-                  compute=registry.build("resources", scaling.resources))
+        agent.fit(env, lambda m, step: logged.append(m), compute=registry.build("resources", scaling.resources))
         workers = [m["perf/ray_workers"] for m in logged if "train/lr" in m]
         assert workers[0] == 4 and agent.scaling_log[0].startswith("ray workers: 2 -> 4: 2 workers give")
     finally:
@@ -215,10 +265,17 @@ def _start_run(tmp_path, *args):
     from tests.conftest import ROOT
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "src.run", "agent.total_frames=32768", "agent.checkpoint_every=1",
-               f"agent.training_checkpoints={tmp_path}/checkpoints", "data.n_bars=4000", *args]
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "src.run",
+        "agent.total_frames=32768",
+        "agent.checkpoint_every=1",
+        f"agent.training_checkpoints={tmp_path}/checkpoints",
+        "data.n_bars=4000",
+        *args,
+    ]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _interrupt_after_the_first_checkpoint(tmp_path, signum) -> tuple[int, str]:

@@ -1,4 +1,5 @@
 """Scenario injectors: consistent bars, the past untouched, seeded, composable."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -22,8 +23,12 @@ def scenario(name: str, **params) -> OmegaConf:
 
 
 @settings(max_examples=25, deadline=None)
-@given(name=st.sampled_from(NAMES), start=st.integers(300, 600), seed=st.integers(0, 100),
-       at=st.one_of(st.none(), st.floats(0.0, 0.35)))
+@given(
+    name=st.sampled_from(NAMES),
+    start=st.integers(300, 600),
+    seed=st.integers(0, 100),
+    at=st.one_of(st.none(), st.floats(0.0, 0.35)),
+)
 def test_injectors_keep_bars_valid_and_the_past_untouched(name, start, seed, at):
     cfg = scenario(name, **({"seed": seed, "at": at} if name not in ("none", "low_liquidity") else {}))
     df, marks = apply_scenarios(RAW, start, cfg)
@@ -35,7 +40,7 @@ def test_injectors_keep_bars_valid_and_the_past_untouched(name, start, seed, at)
         assert df.index.isin(RAW.index).all() and len(df) < len(RAW)
     for first, last in marks:
         assert RAW.index[start] <= first <= last
-        outside = (df.index > last)
+        outside = df.index > last
         returns = np.log(df["$close"]).diff()[outside]
         original = np.log(RAW["$close"]).diff().reindex(returns.index)
         np.testing.assert_allclose(returns.iloc[1:], original.iloc[1:], atol=1e-12)  # shape kept
@@ -58,8 +63,11 @@ def bar_stats(df: pd.DataFrame, rows: slice) -> dict[str, np.ndarray]:
     """Per bar: the opening gap log(open / previous close), the range log(high / low) and the
     move log(close / open)."""
     gap = np.log(df["$open"] / df["$close"].shift())
-    return {"gap": gap.to_numpy()[rows], "range": np.log(df["$high"] / df["$low"]).to_numpy()[rows],
-            "move": np.log(df["$close"] / df["$open"]).to_numpy()[rows]}
+    return {
+        "gap": gap.to_numpy()[rows],
+        "range": np.log(df["$high"] / df["$low"]).to_numpy()[rows],
+        "move": np.log(df["$close"] / df["$open"]).to_numpy()[rows],
+    }
 
 
 @pytest.mark.parametrize("name", ["volatility_spike", "trend_reversal", "flash_crash"])
@@ -85,14 +93,26 @@ def test_a_shock_unfolds_inside_the_bars_not_in_their_opening_gaps(name):
         assert np.exp(np.cumsum(shock)).min() == pytest.approx(1 - cfg[name].drop)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("scenario=flash_crash scenario.flash_crash.drop=1.5", r"scenario.flash_crash.drop=1.5 is out of range; valid: a number in \(0, 1\)"),
-    ("scenario=volatility_spike scenario.volatility_spike.factor=-2", r"factor=-2 is out of range; valid: a number in \(0, inf\]"),
-    ("scenario=gap scenario.gap.at=1.0", r"scenario.gap.at=1.0 is out of range; valid: a number in \[0, 1\)"),
-    ("scenario=fee_spike scenario.fee_spike.bars=0", r"scenario.fee_spike.bars=0 is out of range; valid: an integer"),
-    ("scenario=trend_reversal scenario.trend_reversal.bars=600", r"600 bars do not fit the 500 bars"),
-    ("scenario=trend_reversal scenario.trend_reversal.at=0.9", r"runs past the end.*valid: at <= 0.520"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "scenario=flash_crash scenario.flash_crash.drop=1.5",
+            r"scenario.flash_crash.drop=1.5 is out of range; valid: a number in \(0, 1\)",
+        ),
+        (
+            "scenario=volatility_spike scenario.volatility_spike.factor=-2",
+            r"factor=-2 is out of range; valid: a number in \(0, inf\]",
+        ),
+        ("scenario=gap scenario.gap.at=1.0", r"scenario.gap.at=1.0 is out of range; valid: a number in \[0, 1\)"),
+        (
+            "scenario=fee_spike scenario.fee_spike.bars=0",
+            r"scenario.fee_spike.bars=0 is out of range; valid: an integer",
+        ),
+        ("scenario=trend_reversal scenario.trend_reversal.bars=600", r"600 bars do not fit the 500 bars"),
+        ("scenario=trend_reversal scenario.trend_reversal.at=0.9", r"runs past the end.*valid: at <= 0.520"),
+    ],
+)
 def test_scenario_parameters_out_of_range_are_refused(override, message):
     from src.config_checks import ConfigError
 

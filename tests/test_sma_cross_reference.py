@@ -1,4 +1,5 @@
 """Our backtester against backtesting.py on the same fixed SMA-cross signal over real GOOG bars."""
+
 import warnings
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The TorchRL wrapper passes TorchRL's own spec checks and resets only what it is asked to."""
+
 import torch
 from torchrl.envs.utils import check_env_specs
 

@@ -1,2 +1,3 @@
 """Agents; importing registers them."""
+
 from src.agents import baselines, mappo, ppo  # noqa: F401

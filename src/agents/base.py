@@ -1,4 +1,5 @@
 """The one interface every agent shares: fit, act, save, load."""
+
 from collections.abc import Callable
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """Baselines that share the agent interface: buy-and-hold, random and an SMA crossover."""
+
 import numpy as np
 import pandas as pd
 import talib

@@ -6,6 +6,7 @@ estimated memory exceeds ``resources.memory_limit_gb`` are skipped. The fastest 
 rollout length per env, ``agent.frames_per_batch / env.num_envs``, is kept) and the probe table is
 printed and logged to MLflow. Pin a value by giving its list one element.
 """
+
 import time
 
 import pandas as pd
@@ -34,21 +35,25 @@ def calibrated(cfg: DictConfig, train_df: pd.DataFrame, compute: Compute) -> tup
     for num_envs in probe.num_envs:
         for minibatch in probe.minibatch_size:
             run_frames = num_envs * steps
-            row = {"num_envs": num_envs, "minibatch_size": minibatch, "frames_per_second": None,
-                   "estimated_gb": estimated_gb(run_frames, cfg.env.window_size, len(feature_columns(train_df))),
-                   "note": ""}
+            row = {
+                "num_envs": num_envs,
+                "minibatch_size": minibatch,
+                "frames_per_second": None,
+                "estimated_gb": estimated_gb(run_frames, cfg.env.window_size, len(feature_columns(train_df))),
+                "note": "",
+            }
             if run_frames % minibatch or minibatch > num_envs * PROBE_STEPS:
                 row["note"] = "minibatch does not divide the batch"
             elif row["estimated_gb"] > cfg.resources.memory_limit_gb:
                 row["note"] = f"over memory_limit_gb={cfg.resources.memory_limit_gb}"
             else:
-                row["frames_per_second"] = _probe(cfg, train_df, compute, num_envs, minibatch,
-                                                  probe.iterations)
+                row["frames_per_second"] = _probe(cfg, train_df, compute, num_envs, minibatch, probe.iterations)
             rows.append(row)
     timed = [r for r in rows if r["frames_per_second"] is not None]
     if not timed:
-        raise ValueError("resources.calibrate: no candidate fits; widen num_envs/minibatch_size "
-                         "or raise resources.memory_limit_gb")
+        raise ValueError(
+            "resources.calibrate: no candidate fits; widen num_envs/minibatch_size or raise resources.memory_limit_gb"
+        )
     best = max(timed, key=lambda r: r["frames_per_second"])
     best["note"] = "chosen"
     Console(stderr=True).print(_table(rows))
@@ -80,6 +85,5 @@ def _table(rows: list[dict]) -> Table:
         table.add_column(column, justify="left" if column == "note" else "right")
     for r in rows:
         rate = "-" if r["frames_per_second"] is None else f"{r['frames_per_second']:,.0f}"
-        table.add_row(str(r["num_envs"]), str(r["minibatch_size"]), rate, f"{r['estimated_gb']:.2f}",
-                      r["note"])
+        table.add_row(str(r["num_envs"]), str(r["minibatch_size"]), rate, f"{r['estimated_gb']:.2f}", r["note"])
     return table

@@ -5,6 +5,7 @@ window and the statistics fitted on the train split), the window size, the actio
 hash of the run's resolved config (provenance). A checkpoint stores it beside the weights; loading
 it into a run whose contract differs in any field but the hash fails with the differences.
 """
+
 import hashlib
 import json
 from typing import Any
@@ -35,8 +36,11 @@ def policy_contract(cfg: DictConfig, features: list[str], scaler: dict) -> dict[
         "features": list(features),
         "normalize": json.loads(json.dumps({**normalize, "stats": scaler})),  # as stored
         "window_size": int(cfg.env.window_size),
-        "action_space": {"kind": cfg.env.action_space, "allow_short": bool(cfg.env.allow_short),
-                         "max_leverage": float(cfg.env.max_leverage)},
+        "action_space": {
+            "kind": cfg.env.action_space,
+            "allow_short": bool(cfg.env.allow_short),
+            "max_leverage": float(cfg.env.max_leverage),
+        },
         "config_hash": config_hash(cfg),
     }
 
@@ -44,15 +48,23 @@ def policy_contract(cfg: DictConfig, features: list[str], scaler: dict) -> dict[
 def check_contract(stored: dict | None, current: dict, path: str) -> None:
     """Raise ``CheckpointMismatchError`` listing every field where ``stored`` differs."""
     if stored is None:
-        raise CheckpointMismatchError(f"agent.checkpoint={path} has no contract (features, "
-                                      "normaliser, window, action space): retrain to make one")
-    different = [key for key in current if key not in PROVENANCE
-                 and json.dumps(stored.get(key), sort_keys=True) != json.dumps(current[key], sort_keys=True)]
+        raise CheckpointMismatchError(
+            f"agent.checkpoint={path} has no contract (features, normaliser, window, action space): retrain to make one"
+        )
+    different = [
+        key
+        for key in current
+        if key not in PROVENANCE
+        and json.dumps(stored.get(key), sort_keys=True) != json.dumps(current[key], sort_keys=True)
+    ]
     if different:
-        details = "; ".join(f"{key}: checkpoint {_short(stored.get(key))} != run {_short(current[key])}"
-                            for key in different)
-        raise CheckpointMismatchError(f"agent.checkpoint={path} does not fit this run ({details}). "
-                                      "Fix: use the data, features and env settings it was trained with")
+        details = "; ".join(
+            f"{key}: checkpoint {_short(stored.get(key))} != run {_short(current[key])}" for key in different
+        )
+        raise CheckpointMismatchError(
+            f"agent.checkpoint={path} does not fit this run ({details}). "
+            "Fix: use the data, features and env settings it was trained with"
+        )
 
 
 def _short(value: Any) -> str:

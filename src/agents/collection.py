@@ -6,6 +6,7 @@ know where the frames came from. On Ray, ``env.num_envs`` envs are split evenly 
 (worker k's envs are seeded from ``seed`` and k through the collector's seed chain), and
 ``WorkerScaler`` changes the worker count between iterations while throughput rises.
 """
+
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -19,17 +20,26 @@ from src.resources import Compute
 def local_collector(env, policy, frames_per_batch: int, total_frames: int, compute: Compute) -> Collector:
     """One collector over ``env`` here: the env on the CPU, the policy and the frames on the
     learner's device (TorchRL moves each step's observation once)."""
-    return Collector(env, policy, frames_per_batch=frames_per_batch, total_frames=total_frames,
-                     env_device="cpu", policy_device=compute.device, storing_device=compute.device,
-                     auto_register_policy_transforms=False)
+    return Collector(
+        env,
+        policy,
+        frames_per_batch=frames_per_batch,
+        total_frames=total_frames,
+        env_device="cpu",
+        policy_device=compute.device,
+        storing_device=compute.device,
+        auto_register_policy_transforms=False,
+    )
 
 
 def worker_counts(num_envs: int, low: int, high: int) -> list[int]:
     """Worker counts in [low, high] that split ``num_envs`` envs evenly."""
     counts = [w for w in range(low, high + 1) if num_envs % w == 0]
     if not counts:
-        raise ValueError(f"env.num_envs={num_envs} cannot be split evenly over {low}..{high} Ray "
-                         "workers; choose a num_envs divisible by resources.ray.num_workers")
+        raise ValueError(
+            f"env.num_envs={num_envs} cannot be split evenly over {low}..{high} Ray "
+            "workers; choose a num_envs divisible by resources.ray.num_workers"
+        )
     return counts
 
 
@@ -38,11 +48,16 @@ class RayCollection:
     envs built by ``env_recipe(seed=..., num_envs=...)`` (a picklable factory). ``restart(w)``
     replaces the actors by ``w`` fresh ones (their envs start new episodes)."""
 
-    def __init__(self, env_recipe, policy, frames_per_batch: int, total_frames: int,
-                 compute: Compute, num_envs: int, seed: int):
+    def __init__(
+        self, env_recipe, policy, frames_per_batch: int, total_frames: int, compute: Compute, num_envs: int, seed: int
+    ):
         self.recipe, self.policy, self.compute = env_recipe, policy, compute
         self.frames_per_batch, self.frames_left, self.num_envs, self.seed = (
-            frames_per_batch, total_frames, num_envs, seed)
+            frames_per_batch,
+            total_frames,
+            num_envs,
+            seed,
+        )
         self.collector = None
         self.workers = 0
         self.restart(compute.ray.num_workers)
@@ -52,20 +67,29 @@ class RayCollection:
 
         self.shutdown()
         settings = self.compute.ray
-        init = {"address": settings.address} if settings.address else {
-            "num_cpus": settings.max_workers + 1, "include_dashboard": False,
-            "_node_ip_address": "127.0.0.1"}
+        init = (
+            {"address": settings.address}
+            if settings.address
+            else {"num_cpus": settings.max_workers + 1, "include_dashboard": False, "_node_ip_address": "127.0.0.1"}
+        )
         init["log_to_driver"] = False  # workers' own logs stay in Ray's session folder
         per_worker = self.num_envs // workers
         self.collector = RayCollector(
             [_EnvMaker(self.recipe, self.seed * 1000 + k, per_worker) for k in range(workers)],
             self.policy,
-            frames_per_batch=self.frames_per_batch, total_frames=self.frames_left, sync=True,
-            num_collectors=workers, ray_init_config=init,
-            remote_configs={"num_cpus": 1, "num_gpus": 0,
-                            "memory": int(settings.worker_memory_gb * 1024**3)},
-            collector_kwargs={"env_device": "cpu", "policy_device": "cpu", "storing_device": "cpu",
-                              "auto_register_policy_transforms": False})
+            frames_per_batch=self.frames_per_batch,
+            total_frames=self.frames_left,
+            sync=True,
+            num_collectors=workers,
+            ray_init_config=init,
+            remote_configs={"num_cpus": 1, "num_gpus": 0, "memory": int(settings.worker_memory_gb * 1024**3)},
+            collector_kwargs={
+                "env_device": "cpu",
+                "policy_device": "cpu",
+                "storing_device": "cpu",
+                "auto_register_policy_transforms": False,
+            },
+        )
         self.collector.set_seed(self.seed)
         self.collector.update_policy_weights_(self.policy)
         self.batches = iter(self.collector)
@@ -144,15 +168,24 @@ class WorkerScaler:
             gain = rate / before_rate - 1.0
             if before < count:
                 if gain > self.threshold:
-                    return self._move(up, f"{before} -> {count} workers raised frames/s by {gain:+.0%}; "
-                                          "adding more") if up else None
+                    return (
+                        self._move(up, f"{before} -> {count} workers raised frames/s by {gain:+.0%}; adding more")
+                        if up
+                        else None
+                    )
                 self.ceiling = count
-                return self._move(before, f"{before} -> {count} workers changed frames/s by {gain:+.0%} "
-                                          f"(within {self.threshold:.0%}); back to {before}")
+                return self._move(
+                    before,
+                    f"{before} -> {count} workers changed frames/s by {gain:+.0%} "
+                    f"(within {self.threshold:.0%}); back to {before}",
+                )
             return None  # after removing workers: hold
         if earlier is not None and rate < earlier * (1.0 - self.threshold) and down:
-            return self._move(down, f"frames/s at {count} workers fell {rate / earlier - 1:+.0%} "
-                                    f"({earlier:,.0f} -> {rate:,.0f}); removing workers")
+            return self._move(
+                down,
+                f"frames/s at {count} workers fell {rate / earlier - 1:+.0%} "
+                f"({earlier:,.0f} -> {rate:,.0f}); removing workers",
+            )
         if earlier is None and up:
             return self._move(up, f"{count} workers give {rate:,.0f} frames/s; trying {up}")
         return None
@@ -170,4 +203,3 @@ class WorkerScaler:
         self.last_change = (self.workers, self.measured[self.workers])
         self.workers = workers
         return workers, reason
-

@@ -7,6 +7,7 @@ estimator, one ``Collector`` over the batched env. Each learner's input is its m
 flattened plus its account (the window is flattened here, in the model). Model selection as
 single-agent PPO: the validation backtest's mean learner Sharpe picks the best policy.
 """
+
 import torch
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule, TensorDictSequential
@@ -24,9 +25,14 @@ from src.agents.ppo import _BestPolicy, _check_batch_sizes, _cpu, _progress
 from src.registry import register
 from src.resources import Compute
 
-KEYS = {"reward": ("agents", "reward"), "action": ("agents", "action"),
-        "sample_log_prob": ("agents", "action_log_prob"), "value": ("agents", "state_value"),
-        "done": ("agents", "done"), "terminated": ("agents", "terminated")}
+KEYS = {
+    "reward": ("agents", "reward"),
+    "action": ("agents", "action"),
+    "sample_log_prob": ("agents", "action_log_prob"),
+    "value": ("agents", "state_value"),
+    "done": ("agents", "done"),
+    "terminated": ("agents", "terminated"),
+}
 
 
 class _AgentInputs(nn.Module):
@@ -37,8 +43,9 @@ class _AgentInputs(nn.Module):
 
 
 def _inputs() -> TensorDictModule:
-    return TensorDictModule(_AgentInputs(), in_keys=[("agents", "observation"), ("agents", "account")],
-                            out_keys=[("agents", "inputs")])
+    return TensorDictModule(
+        _AgentInputs(), in_keys=[("agents", "observation"), ("agents", "account")], out_keys=[("agents", "inputs")]
+    )
 
 
 class MultiAgentPPO(Agent):
@@ -55,23 +62,42 @@ class MultiAgentPPO(Agent):
         hidden = list(cfg.hidden_sizes)
 
         def mlp(outputs: int, centralised: bool) -> MultiAgentMLP:
-            return MultiAgentMLP(n_agent_inputs=width, n_agent_outputs=outputs, n_agents=n_agents,
-                                 centralised=centralised, share_params=cfg.share_params,
-                                 depth=len(hidden), num_cells=hidden, activation_class=nn.Tanh)
+            return MultiAgentMLP(
+                n_agent_inputs=width,
+                n_agent_outputs=outputs,
+                n_agents=n_agents,
+                centralised=centralised,
+                share_params=cfg.share_params,
+                depth=len(hidden),
+                num_cells=hidden,
+                activation_class=nn.Tanh,
+            )
 
-        policy = TensorDictSequential(_inputs(), TensorDictModule(
-            mlp(len(env.actions.levels), False), in_keys=[("agents", "inputs")],
-            out_keys=[("agents", "logits")]))
+        policy = TensorDictSequential(
+            _inputs(),
+            TensorDictModule(
+                mlp(len(env.actions.levels), False), in_keys=[("agents", "inputs")], out_keys=[("agents", "logits")]
+            ),
+        )
         self.actor = ProbabilisticActor(
-            policy, spec=env.full_action_spec["agents", "action"], in_keys=[("agents", "logits")],
-            out_keys=[("agents", "action")], distribution_class=Categorical, return_log_prob=True,
-            log_prob_key=("agents", "action_log_prob"))
-        self.critic = TensorDictSequential(_inputs(), TensorDictModule(
-            mlp(1, cfg.centralised_critic), in_keys=[("agents", "inputs")],
-            out_keys=[("agents", "state_value")]))
+            policy,
+            spec=env.full_action_spec["agents", "action"],
+            in_keys=[("agents", "logits")],
+            out_keys=[("agents", "action")],
+            distribution_class=Categorical,
+            return_log_prob=True,
+            log_prob_key=("agents", "action_log_prob"),
+        )
+        self.critic = TensorDictSequential(
+            _inputs(),
+            TensorDictModule(
+                mlp(1, cfg.centralised_critic), in_keys=[("agents", "inputs")], out_keys=[("agents", "state_value")]
+            ),
+        )
 
-    def fit(self, train_env, log: MetricLogger, evaluate=None, compute: Compute | None = None,
-            checkpoints=None) -> None:
+    def fit(
+        self, train_env, log: MetricLogger, evaluate=None, compute: Compute | None = None, checkpoints=None
+    ) -> None:
         """Train the learners; ``evaluate(agent)`` returns validation metrics with ``sharpe``
         (the learners' mean). Training checkpoints are single-agent PPO only: none here."""
         cfg = self.cfg
@@ -82,18 +108,28 @@ class MultiAgentPPO(Agent):
         torch.manual_seed(self.seed)
         train_env.set_seed(self.seed)
         collector = local_collector(train_env, self.actor, cfg.frames_per_batch, cfg.total_frames, compute)
-        loss_fn = ClipPPOLoss(self.actor, self.critic, clip_epsilon=cfg.clip_epsilon,
-                              entropy_coeff=cfg.entropy_coeff, critic_coeff=cfg.critic_coeff,
-                              loss_critic_type="l2", normalize_advantage=True,
-                              normalize_advantage_exclude_dims=(-2,))  # each agent's own scale
+        loss_fn = ClipPPOLoss(
+            self.actor,
+            self.critic,
+            clip_epsilon=cfg.clip_epsilon,
+            entropy_coeff=cfg.entropy_coeff,
+            critic_coeff=cfg.critic_coeff,
+            loss_critic_type="l2",
+            normalize_advantage=True,
+            normalize_advantage_exclude_dims=(-2,),
+        )  # each agent's own scale
         loss_fn.set_keys(**KEYS)
         loss_fn.make_value_estimator(ValueEstimators.GAE, gamma=cfg.gamma, lmbda=cfg.gae_lambda)
         optimizer = torch.optim.Adam(loss_fn.parameters(), lr=cfg.lr)
         n_iterations = max(cfg.total_frames // cfg.frames_per_batch, 1)
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda i: 1.0 - i / n_iterations if cfg.anneal_lr else 1.0)
-        buffer = ReplayBuffer(storage=LazyTensorStorage(cfg.frames_per_batch, device=compute.device),
-                              sampler=SamplerWithoutReplacement(), batch_size=cfg.minibatch_size)
+            optimizer, lambda i: 1.0 - i / n_iterations if cfg.anneal_lr else 1.0
+        )
+        buffer = ReplayBuffer(
+            storage=LazyTensorStorage(cfg.frames_per_batch, device=compute.device),
+            sampler=SamplerWithoutReplacement(),
+            batch_size=cfg.minibatch_size,
+        )
         best, monitor, frames = _BestPolicy(cfg.patience), Monitor(compute.device), 0
         try:
             with _progress(cfg.progress) as bar:
@@ -104,8 +140,11 @@ class MultiAgentPPO(Agent):
                     collected = monitor.lap()
                     for _ in range(cfg.num_epochs):
                         with torch.no_grad():
-                            loss_fn.value_estimator(batch, params=loss_fn.critic_network_params,
-                                                    target_params=loss_fn.target_critic_network_params)
+                            loss_fn.value_estimator(
+                                batch,
+                                params=loss_fn.critic_network_params,
+                                target_params=loss_fn.target_critic_network_params,
+                            )
                         buffer.extend(batch.reshape(-1))
                         for _ in range(cfg.frames_per_batch // cfg.minibatch_size):
                             losses = loss_fn(buffer.sample())
@@ -116,20 +155,27 @@ class MultiAgentPPO(Agent):
                             optimizer.step()
                     schedule.step()
                     collector.update_policy_weights_()
-                    metrics = {"train/reward_per_step": batch["next", "agents", "reward"].mean().item(),
-                               "train/loss_objective": losses["loss_objective"].item(),
-                               "train/loss_critic": losses["loss_critic"].item(),
-                               "train/entropy": losses["entropy"].item(),
-                               "train/lr": schedule.get_last_lr()[0],
-                               **monitor.iteration(batch.numel(), collected, monitor.lap())}
+                    metrics = {
+                        "train/reward_per_step": batch["next", "agents", "reward"].mean().item(),
+                        "train/loss_objective": losses["loss_objective"].item(),
+                        "train/loss_critic": losses["loss_critic"].item(),
+                        "train/entropy": losses["entropy"].item(),
+                        "train/lr": schedule.get_last_lr()[0],
+                        **monitor.iteration(batch.numel(), collected, monitor.lap()),
+                    }
                     if evaluate is not None and (iteration % cfg.eval_every == 0 or iteration == n_iterations):
                         validation = evaluate(self)
                         metrics.update({f"val/{k}": v for k, v in validation.items()})
                         best.update(validation["sharpe"], self.actor, iteration)
                     log(metrics, frames)
-                    bar.update(task, completed=frames, description=(
-                        f"{cfg.name.upper()}  reward/step {metrics['train/reward_per_step']:+.1e}  "
-                        f"best val Sharpe {best.score:+.2f}"))
+                    bar.update(
+                        task,
+                        completed=frames,
+                        description=(
+                            f"{cfg.name.upper()}  reward/step {metrics['train/reward_per_step']:+.1e}  "
+                            f"best val Sharpe {best.score:+.2f}"
+                        ),
+                    )
                     monitor.lap()
                     if best.exhausted:
                         break
@@ -144,14 +190,17 @@ class MultiAgentPPO(Agent):
     def act(self, observation: torch.Tensor, account: torch.Tensor) -> torch.Tensor:
         """(E, L) actions for (E, L, window, F) windows and (E, L, 3) accounts: the mode."""
         device = next(self.actor.parameters()).device
-        td = TensorDict({"agents": {"observation": observation, "account": account}},
-                        batch_size=observation.shape[:1]).to(device)
+        td = TensorDict(
+            {"agents": {"observation": observation, "account": account}}, batch_size=observation.shape[:1]
+        ).to(device)
         with set_exploration_type(ExplorationType.DETERMINISTIC):
             return self.actor(td)["agents", "action"].cpu()
 
     def save(self, path, contract: dict):
-        torch.save({"actor": _cpu(self.actor.state_dict()), "critic": _cpu(self.critic.state_dict()),
-                    "contract": contract}, path)
+        torch.save(
+            {"actor": _cpu(self.actor.state_dict()), "critic": _cpu(self.critic.state_dict()), "contract": contract},
+            path,
+        )
         return path
 
     def load(self, path, contract: dict) -> None:
@@ -171,4 +220,3 @@ def build_mappo(cfg, env, seed: int) -> MultiAgentPPO:
 @register("agent", "ippo")
 def build_ippo(cfg, env, seed: int) -> MultiAgentPPO:
     return MultiAgentPPO(cfg, env, seed)
-

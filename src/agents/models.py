@@ -2,6 +2,7 @@
 
 Every network maps market (..., window_size, n_features) and account (..., 2) to (..., out_dim).
 """
+
 import torch
 from torch import nn
 
@@ -27,8 +28,7 @@ class _Head(nn.Module):
 class WindowMLP(nn.Module):
     """MLP over [flatten(market), account]."""
 
-    def __init__(self, window_size: int, n_features: int, hidden_sizes: list[int], out_dim: int,
-                 **_):
+    def __init__(self, window_size: int, n_features: int, hidden_sizes: list[int], out_dim: int, **_):
         super().__init__()
         self.head = _Head(window_size * n_features, hidden_sizes, out_dim)
 
@@ -39,12 +39,21 @@ class WindowMLP(nn.Module):
 class WindowConv1d(nn.Module):
     """Two 1-D convolutions along time (features as channels), then an MLP head with account."""
 
-    def __init__(self, window_size: int, n_features: int, hidden_sizes: list[int], out_dim: int,
-                 channels: int = 16, kernel_size: int = 5):
+    def __init__(
+        self,
+        window_size: int,
+        n_features: int,
+        hidden_sizes: list[int],
+        out_dim: int,
+        channels: int = 16,
+        kernel_size: int = 5,
+    ):
         super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv1d(n_features, channels, kernel_size, padding=kernel_size // 2), nn.Tanh(),
-            nn.Conv1d(channels, channels, kernel_size, stride=2, padding=kernel_size // 2), nn.Tanh(),
+            nn.Conv1d(n_features, channels, kernel_size, padding=kernel_size // 2),
+            nn.Tanh(),
+            nn.Conv1d(channels, channels, kernel_size, stride=2, padding=kernel_size // 2),
+            nn.Tanh(),
         )
         self.head = _Head(channels * ((window_size + 1) // 2), hidden_sizes, out_dim)
 
@@ -57,8 +66,9 @@ class WindowConv1d(nn.Module):
 NETWORKS = {"mlp": WindowMLP, "conv1d": WindowConv1d}
 
 
-def build_network(name: str, window_size: int, n_features: int, hidden_sizes: list[int],
-                  out_dim: int, **kwargs) -> nn.Module:
+def build_network(
+    name: str, window_size: int, n_features: int, hidden_sizes: list[int], out_dim: int, **kwargs
+) -> nn.Module:
     if name not in NETWORKS:
         raise ValueError(f"agent.network={name!r}; valid: {', '.join(NETWORKS)}")
     return NETWORKS[name](window_size, n_features, list(hidden_sizes), out_dim, **kwargs)

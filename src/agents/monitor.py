@@ -4,6 +4,7 @@ Process-wide samples (CPU, memory, GPU over time) come from MLflow's system-metr
 (``system/*``, enabled for every run in src/tracking/mlflow_run.py); these are the figures only
 the loop knows: where each iteration's time went and how fast frames arrive.
 """
+
 import time
 
 import psutil

@@ -5,6 +5,7 @@ Follows TorchRL's sota-implementations/ppo: collect ``frames_per_batch`` frames,
 ``eval_every`` iterations the policy is backtested on the validation split; the best one by
 validation Sharpe is kept (and training stops after ``patience`` evaluations without progress).
 """
+
 import copy
 import sys
 from collections.abc import Callable
@@ -57,23 +58,35 @@ class PPOAgent(Agent):
         torch.manual_seed(seed)
 
         def network(out_dim: int) -> nn.Module:
-            return build_network(cfg.network, window_size, n_features, cfg.hidden_sizes, out_dim,
-                                 **dict(cfg.get("network_kwargs") or {}))
+            return build_network(
+                cfg.network, window_size, n_features, cfg.hidden_sizes, out_dim, **dict(cfg.get("network_kwargs") or {})
+            )
 
         if actions.discrete:
             module = TensorDictModule(network(len(actions.levels)), OBS_KEYS, ["logits"])
-            self.actor = ProbabilisticActor(module, spec=spec, in_keys=["logits"],
-                                            distribution_class=Categorical, return_log_prob=True)
+            self.actor = ProbabilisticActor(
+                module, spec=spec, in_keys=["logits"], distribution_class=Categorical, return_log_prob=True
+            )
         else:
             module = TensorDictModule(_WithParams(network(2)), OBS_KEYS, ["loc", "scale"])
             self.actor = ProbabilisticActor(
-                module, spec=spec, in_keys=["loc", "scale"], distribution_class=TanhNormal,
+                module,
+                spec=spec,
+                in_keys=["loc", "scale"],
+                distribution_class=TanhNormal,
                 distribution_kwargs={"low": actions.low, "high": actions.high},
-                return_log_prob=True)
+                return_log_prob=True,
+            )
         self.critic = ValueOperator(network(1), in_keys=OBS_KEYS)
 
-    def fit(self, train_env, log: MetricLogger, evaluate: Evaluator | None = None,
-            compute: Compute | None = None, checkpoints: TrainingCheckpoints | None = None) -> None:
+    def fit(
+        self,
+        train_env,
+        log: MetricLogger,
+        evaluate: Evaluator | None = None,
+        compute: Compute | None = None,
+        checkpoints: TrainingCheckpoints | None = None,
+    ) -> None:
         """Train on ``train_env`` with ``compute`` (default: this process's CPU). With
         ``checkpoints``, the training state is written there every
         ``checkpoint_every`` iterations and on Ctrl-C/SIGTERM (then ``TrainingInterrupted`` is
@@ -86,18 +99,27 @@ class PPOAgent(Agent):
         self.critic.to(compute.device)
         torch.manual_seed(self.seed)
         train_env.set_seed(self.seed)
-        advantage = GAE(gamma=cfg.gamma, lmbda=cfg.gae_lambda, value_network=self.critic,
-                        average_gae=False)
-        loss_fn = ClipPPOLoss(self.actor, self.critic, clip_epsilon=cfg.clip_epsilon,
-                              entropy_coeff=cfg.entropy_coeff, critic_coeff=cfg.critic_coeff,
-                              loss_critic_type="l2", normalize_advantage=True)
+        advantage = GAE(gamma=cfg.gamma, lmbda=cfg.gae_lambda, value_network=self.critic, average_gae=False)
+        loss_fn = ClipPPOLoss(
+            self.actor,
+            self.critic,
+            clip_epsilon=cfg.clip_epsilon,
+            entropy_coeff=cfg.entropy_coeff,
+            critic_coeff=cfg.critic_coeff,
+            loss_critic_type="l2",
+            normalize_advantage=True,
+        )
         optimizer = torch.optim.Adam(loss_fn.parameters(), lr=cfg.lr)
         n_iterations = max(cfg.total_frames // cfg.frames_per_batch, 1)
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda i: 1.0 - i / n_iterations if cfg.anneal_lr else 1.0)
+            optimizer, lambda i: 1.0 - i / n_iterations if cfg.anneal_lr else 1.0
+        )
         best = _BestPolicy(cfg.patience)
-        buffer = ReplayBuffer(storage=LazyTensorStorage(cfg.frames_per_batch, device=compute.device),
-                              sampler=SamplerWithoutReplacement(), batch_size=cfg.minibatch_size)
+        buffer = ReplayBuffer(
+            storage=LazyTensorStorage(cfg.frames_per_batch, device=compute.device),
+            sampler=SamplerWithoutReplacement(),
+            batch_size=cfg.minibatch_size,
+        )
         store = checkpoints
         progress = TrainingProgress()
         resumed = store.load() if store is not None and cfg.resume else None
@@ -140,17 +162,23 @@ class PPOAgent(Agent):
                         "train/lr": schedule.get_last_lr()[0],
                         **monitor.iteration(batch.numel(), collected, monitor.lap()),
                     }
-                    if evaluate is not None and (progress.iteration % cfg.eval_every == 0
-                                                 or progress.iteration == n_iterations):
+                    if evaluate is not None and (
+                        progress.iteration % cfg.eval_every == 0 or progress.iteration == n_iterations
+                    ):
                         validation = evaluate(self)
                         metrics.update({f"val/{k}": v for k, v in validation.items()})
                         best.update(validation["sharpe"], self.actor, progress.iteration)
                     metrics.update(self._scale(collection, metrics))
                     log(metrics, progress.frames)
-                    bar.update(task, completed=progress.frames, description=(
-                        f"PPO  reward/step {metrics['train/reward_per_step']:+.1e}  best val Sharpe "
-                        f"{best.score:+.2f}  {metrics['perf/frames_per_second']:,.0f} frames/s  "
-                        f"RSS {metrics['perf/rss_gb']:.1f} GB"))
+                    bar.update(
+                        task,
+                        completed=progress.frames,
+                        description=(
+                            f"PPO  reward/step {metrics['train/reward_per_step']:+.1e}  best val Sharpe "
+                            f"{best.score:+.2f}  {metrics['perf/frames_per_second']:,.0f} frames/s  "
+                            f"RSS {metrics['perf/rss_gb']:.1f} GB"
+                        ),
+                    )
                     if store is not None:
                         snapshot = _snapshot(self, optimizer, schedule, best, buffer, train_env, progress)
                         if progress.iteration % cfg.checkpoint_every == 0:
@@ -179,13 +207,15 @@ class PPOAgent(Agent):
             return local_collector(train_env, self.actor, cfg.frames_per_batch, frames, compute)
         if train_env.recipe is None:
             raise ValueError("resources=ray needs an env built by the registry (env.recipe)")
-        collection = RayCollection(train_env.recipe, self.actor, cfg.frames_per_batch, frames,
-                                   compute, train_env.batch_size[0], self.seed)
+        collection = RayCollection(
+            train_env.recipe, self.actor, cfg.frames_per_batch, frames, compute, train_env.batch_size[0], self.seed
+        )
         settings = compute.ray
         if settings.autoscale:
             allowed = worker_counts(train_env.batch_size[0], settings.min_workers, settings.max_workers)
-            collection.scaler = WorkerScaler(collection.workers, allowed, settings.scale_threshold,
-                                             settings.scale_every)
+            collection.scaler = WorkerScaler(
+                collection.workers, allowed, settings.scale_threshold, settings.scale_every
+            )
         return collection
 
     def _scale(self, collection, metrics: dict) -> dict:
@@ -210,14 +240,15 @@ class PPOAgent(Agent):
     def act(self, market: torch.Tensor, account: torch.Tensor) -> torch.Tensor:
         """The distribution's mode: the backtest is deterministic."""
         device = next(self.actor.parameters()).device
-        observation = TensorDict({"market": market, "account": account},
-                                 batch_size=market.shape[:1]).to(device)
+        observation = TensorDict({"market": market, "account": account}, batch_size=market.shape[:1]).to(device)
         with set_exploration_type(ExplorationType.DETERMINISTIC):
             return self.actor(observation)["action"].cpu()
 
     def save(self, path: Path, contract: dict) -> Path:
-        torch.save({"actor": _cpu(self.actor.state_dict()), "critic": _cpu(self.critic.state_dict()),
-                    "contract": contract}, path)
+        torch.save(
+            {"actor": _cpu(self.actor.state_dict()), "critic": _cpu(self.critic.state_dict()), "contract": contract},
+            path,
+        )
         return path
 
     def load(self, path: Path, contract: dict, check: bool = True) -> None:
@@ -233,24 +264,30 @@ class PPOAgent(Agent):
 
 def _cpu(state: dict) -> dict:
     """A copy of a state dict with its tensors on the CPU (checkpoints load on any machine)."""
-    return {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v
-            for k, v in state.items()}
+    return {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
-def _snapshot(agent: PPOAgent, optimizer, schedule, best: "_BestPolicy", buffer, env,
-              progress: TrainingProgress) -> dict:
+def _snapshot(
+    agent: PPOAgent, optimizer, schedule, best: "_BestPolicy", buffer, env, progress: TrainingProgress
+) -> dict:
     """Everything training needs to continue exactly from the end of this iteration."""
-    return {"iteration": progress.iteration, "frames": progress.frames,
-            "actor": _cpu(agent.actor.state_dict()), "critic": _cpu(agent.critic.state_dict()),
-            "optimizer": copy.deepcopy(optimizer.state_dict()), "schedule": schedule.state_dict(),
-            "best": {"score": best.score, "iteration": best.iteration, "stale": best.stale,
-                     "state": best.state},
-            "sampler": copy.deepcopy(buffer.sampler.state_dict()),  # holds the next permutation
-            "env": env.market.state(), "torch_rng": torch.get_rng_state()}
+    return {
+        "iteration": progress.iteration,
+        "frames": progress.frames,
+        "actor": _cpu(agent.actor.state_dict()),
+        "critic": _cpu(agent.critic.state_dict()),
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
+        "schedule": schedule.state_dict(),
+        "best": {"score": best.score, "iteration": best.iteration, "stale": best.stale, "state": best.state},
+        "sampler": copy.deepcopy(buffer.sampler.state_dict()),  # holds the next permutation
+        "env": env.market.state(),
+        "torch_rng": torch.get_rng_state(),
+    }
 
 
-def _restore(state: dict, agent: PPOAgent, optimizer, schedule, best: "_BestPolicy", buffer, env,
-             progress: TrainingProgress) -> None:
+def _restore(
+    state: dict, agent: PPOAgent, optimizer, schedule, best: "_BestPolicy", buffer, env, progress: TrainingProgress
+) -> None:
     """Load a ``_snapshot`` into freshly built training parts (the env continues at the next
     reset, which the collector makes when it is built)."""
     progress.iteration, progress.frames = state["iteration"], state["frames"]
@@ -259,12 +296,15 @@ def _restore(state: dict, agent: PPOAgent, optimizer, schedule, best: "_BestPoli
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     saved = state["best"]
-    best.score, best.iteration, best.stale, best.state = (saved["score"], saved["iteration"],
-                                                           saved["stale"], saved["state"])
+    best.score, best.iteration, best.stale, best.state = (
+        saved["score"],
+        saved["iteration"],
+        saved["stale"],
+        saved["state"],
+    )
     buffer.sampler.load_state_dict(state["sampler"])
     env.resume_from(state["env"])
-    print(f"resuming training at iteration {progress.iteration} ({progress.frames:,} frames)",
-          file=sys.stderr)
+    print(f"resuming training at iteration {progress.iteration} ({progress.frames:,} frames)", file=sys.stderr)
 
 
 class _BestPolicy:
@@ -287,16 +327,23 @@ class _BestPolicy:
 
 def _check_batch_sizes(cfg, num_envs: int) -> None:
     if cfg.frames_per_batch % num_envs:
-        raise ValueError(f"agent.frames_per_batch={cfg.frames_per_batch} must be a multiple of "
-                         f"env.num_envs={num_envs}")
+        raise ValueError(f"agent.frames_per_batch={cfg.frames_per_batch} must be a multiple of env.num_envs={num_envs}")
     if cfg.frames_per_batch % cfg.minibatch_size:
-        raise ValueError(f"agent.frames_per_batch={cfg.frames_per_batch} must be a multiple of "
-                         f"agent.minibatch_size={cfg.minibatch_size}")
+        raise ValueError(
+            f"agent.frames_per_batch={cfg.frames_per_batch} must be a multiple of "
+            f"agent.minibatch_size={cfg.minibatch_size}"
+        )
 
 
 def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("frames"), TimeRemainingColumn(), disable=not enabled)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("frames"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
 
 
 @register("agent", "ppo")

@@ -8,6 +8,7 @@ frames done, the policy, value net, optimiser and LR schedule, the best validati
 the env's whole state (including each env's RNG) and torch's RNG: resuming reaches the same final
 result, bit for bit, as an uninterrupted run with the same seed (local collection).
 """
+
 import hashlib
 import os
 from dataclasses import dataclass
@@ -17,9 +18,24 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 # settings that do not change what training computes: excluded from the fingerprint
-NOT_TRAINING = ("agent.resume", "agent.progress", "agent.checkpoint_every", "agent.checkpoint",
-                "mlflow", "paper", "stress.scenarios", "evaluate_test", "mode", "backtest.plots",
-                "feed", "broker", "hydra", "resources.ray.address", "seeds", "walk_forward")
+NOT_TRAINING = (
+    "agent.resume",
+    "agent.progress",
+    "agent.checkpoint_every",
+    "agent.checkpoint",
+    "mlflow",
+    "paper",
+    "stress.scenarios",
+    "evaluate_test",
+    "mode",
+    "backtest.plots",
+    "feed",
+    "broker",
+    "hydra",
+    "resources.ray.address",
+    "seeds",
+    "walk_forward",
+)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -33,7 +49,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 @dataclass
 class TrainingProgress:
     iteration: int = 0  # PPO iterations completed
-    frames: int = 0     # env frames collected
+    frames: int = 0  # env frames collected
 
 
 def fingerprint(cfg: DictConfig) -> str:

@@ -3,6 +3,7 @@
 ``RLTRADE_API_HOST`` may name another address only when ``RLTRADE_API_TOKEN`` is set (the token
 then guards every mutating endpoint).
 """
+
 import ipaddress
 import os
 import sys
@@ -10,6 +11,7 @@ import sys
 import uvicorn
 
 from src.api.app import create_app
+from src.settings import load_environment
 
 
 def is_loopback(host: str) -> bool:
@@ -20,6 +22,7 @@ def is_loopback(host: str) -> bool:
 
 
 def main() -> None:
+    load_environment()
     host = os.environ.get("RLTRADE_API_HOST", "127.0.0.1")
     port = int(os.environ.get("RLTRADE_API_PORT", "8000"))
     if not is_loopback(host) and not os.environ.get("RLTRADE_API_TOKEN"):

@@ -5,6 +5,7 @@ variable is set. A job's groups and overrides are composed and validated with Hy
 (and the project's registry and range checks) before anything starts: a bad one is a 422 whose
 detail lists the valid names. Paths in requests must stay inside the project (400 otherwise).
 """
+
 import asyncio
 import json
 import os
@@ -27,13 +28,24 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from src import registry
 from src.api import runs
 from src.api.jobs import ROOT, JobStore, job_overrides
-from src.api.models import (ActRequest, ActResponse, ConfigGroups, Health, Job, JobRequest, PaperSession,
-                            Point, RunDetail, RunPage, Sweep, Trade)
+from src.api.models import (
+    ActRequest,
+    ActResponse,
+    ConfigGroups,
+    Health,
+    Job,
+    JobRequest,
+    PaperSession,
+    Point,
+    RunDetail,
+    RunPage,
+    Sweep,
+    Trade,
+)
 from src.tracking.mlflow_run import use_tracking_uri
 
 CONF = ROOT / "conf"
-GROUPS = ("data", "features", "env", "agent", "backtest", "scenario", "resources", "feed", "broker",
-          "experiment")
+GROUPS = ("data", "features", "env", "agent", "backtest", "scenario", "resources", "feed", "broker", "experiment")
 
 
 def inside_project(path: str) -> Path:
@@ -47,8 +59,11 @@ def inside_project(path: str) -> Path:
 def require_token(authorization: str | None = Header(default=None)) -> None:
     token = os.environ.get("RLTRADE_API_TOKEN")
     if token and authorization != f"Bearer {token}":
-        raise HTTPException(401, "missing or wrong bearer token (Authorization: Bearer $RLTRADE_API_TOKEN)",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401,
+            "missing or wrong bearer token (Authorization: Bearer $RLTRADE_API_TOKEN)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 def compose_job(overrides: list[str]):
@@ -81,14 +96,13 @@ class Metrics:
 
     def __init__(self):
         self.registry = CollectorRegistry()
-        self.requests = Counter("rltrade_api_requests", "API requests", ["method", "path", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("rltrade_api_request_seconds", "API request latency", ["path"],
-                                 registry=self.registry)
+        self.requests = Counter(
+            "rltrade_api_requests", "API requests", ["method", "path", "status"], registry=self.registry
+        )
+        self.latency = Histogram("rltrade_api_request_seconds", "API request latency", ["path"], registry=self.registry)
         self.jobs = Gauge("rltrade_jobs", "jobs by status", ["status"], registry=self.registry)
         self.equity = Gauge("rltrade_paper_equity", "last journaled equity", ["session"], registry=self.registry)
-        self.decision = Gauge("rltrade_paper_latency_ms", "last decision latency", ["session"],
-                              registry=self.registry)
+        self.decision = Gauge("rltrade_paper_latency_ms", "last decision latency", ["session"], registry=self.registry)
 
 
 def paper_dir() -> Path:
@@ -105,8 +119,9 @@ def read_journal(path: Path, query: str, args: tuple = ()) -> list[tuple]:
 def create_app(jobs_dir: Path | None = None, max_jobs: int | None = None) -> FastAPI:
     """The API; ``jobs_dir`` (default ``outputs/jobs``) holds the job store."""
     use_tracking_uri(None)
-    store = JobStore(jobs_dir or ROOT / "outputs" / "jobs",
-                     max_jobs or int(os.environ.get("RLTRADE_API_MAX_JOBS", "2")))
+    store = JobStore(
+        jobs_dir or ROOT / "outputs" / "jobs", max_jobs or int(os.environ.get("RLTRADE_API_MAX_JOBS", "2"))
+    )
     metrics = Metrics()
     stop = threading.Event()
 
@@ -123,8 +138,11 @@ def create_app(jobs_dir: Path | None = None, max_jobs: int | None = None) -> Fas
         thread.join(5)
         store.close()
 
-    app = FastAPI(title="rltrade API", lifespan=lifespan,
-                  description="Runs, sweeps, stress tests, jobs and paper sessions of rltrade.")
+    app = FastAPI(
+        title="rltrade API",
+        lifespan=lifespan,
+        description="Runs, sweeps, stress tests, jobs and paper sessions of rltrade.",
+    )
     app.state.store = store
     policies: dict[tuple[str, float], tuple] = {}
 
@@ -143,9 +161,15 @@ def create_app(jobs_dir: Path | None = None, max_jobs: int | None = None) -> Fas
         return Health(tracking_uri=runs.mlflow.get_tracking_uri(), jobs_running=store.running())
 
     @app.get("/runs", response_model=RunPage)
-    def list_runs(agent: str | None = None, data: str | None = None, status: str | None = None,
-                  mode: str | None = None, scenario: str | None = None,
-                  offset: int = Query(0, ge=0), limit: int = Query(50, ge=1, le=500)) -> RunPage:
+    def list_runs(
+        agent: str | None = None,
+        data: str | None = None,
+        status: str | None = None,
+        mode: str | None = None,
+        scenario: str | None = None,
+        offset: int = Query(0, ge=0),
+        limit: int = Query(50, ge=1, le=500),
+    ) -> RunPage:
         clauses = [f"params.`{k}.name` = '{v}'" for k, v in (("agent", agent), ("data", data)) if v]
         clauses += [f"attributes.status = '{status}'"] if status else []
         clauses += [f"params.mode = '{mode}'"] if mode else []
@@ -262,9 +286,15 @@ def create_app(jobs_dir: Path | None = None, max_jobs: int | None = None) -> Fas
             bars = read_journal(path, "SELECT count(*), max(ts) FROM bars WHERE history = 0")[0]
             fills = read_journal(path, "SELECT count(*) FROM fills")[0][0]
             last = read_journal(path, "SELECT equity FROM equity ORDER BY ts DESC LIMIT 1")
-            out.append(PaperSession(session=path.stem, bars=bars[0], fills=fills,
-                                    equity=last[0][0] if last else None,
-                                    last_bar=None if bars[1] is None else str(np.datetime64(bars[1], "ms"))))
+            out.append(
+                PaperSession(
+                    session=path.stem,
+                    bars=bars[0],
+                    fills=fills,
+                    equity=last[0][0] if last else None,
+                    last_bar=None if bars[1] is None else str(np.datetime64(bars[1], "ms")),
+                )
+            )
         return out
 
     @app.get("/paper/{session}/events")
@@ -278,13 +308,20 @@ def create_app(jobs_dir: Path | None = None, max_jobs: int | None = None) -> Fas
         async def stream():
             last = after
             while True:
-                rows = read_journal(path, "SELECT e.ts, e.equity, e.position, d.latency_ms FROM equity e "
-                                          "LEFT JOIN decisions d ON d.ts = e.ts WHERE e.ts > ? ORDER BY e.ts",
-                                    (last,))
-                fills = read_journal(path, "SELECT ts, side, units, price, fee, reason FROM fills WHERE ts > ? "
-                                           "ORDER BY ts, rowid", (last,))
+                rows = read_journal(
+                    path,
+                    "SELECT e.ts, e.equity, e.position, d.latency_ms FROM equity e "
+                    "LEFT JOIN decisions d ON d.ts = e.ts WHERE e.ts > ? ORDER BY e.ts",
+                    (last,),
+                )
+                fills = read_journal(
+                    path,
+                    "SELECT ts, side, units, price, fee, reason FROM fills WHERE ts > ? ORDER BY ts, rowid",
+                    (last,),
+                )
                 for ts, side, units, price, fee, reason in fills:
-                    yield f"event: fill\ndata: {json.dumps(dict(ts=ts, side=side, units=units, price=price, fee=fee, reason=reason))}\n\n"
+                    fill = dict(ts=ts, side=side, units=units, price=price, fee=fee, reason=reason)
+                    yield f"event: fill\ndata: {json.dumps(fill)}\n\n"
                 for ts, value, position, latency in rows:
                     payload = dict(ts=ts, equity=value, position=position, latency_ms=latency)
                     yield f"event: equity\ndata: {json.dumps(payload)}\n\n"
@@ -308,8 +345,7 @@ def create_app(jobs_dir: Path | None = None, max_jobs: int | None = None) -> Fas
         started = time.perf_counter()
         action = agent.act(market, torch.tensor([request.account], dtype=torch.float32))
         target = float(actions.to_targets(action)[0])
-        return ActResponse(action=action.tolist()[0], target=target,
-                           latency_ms=(time.perf_counter() - started) * 1e3)
+        return ActResponse(action=action.tolist()[0], target=target, latency_ms=(time.perf_counter() - started) * 1e3)
 
     def _policy(path: Path):
         key = (str(path), path.stat().st_mtime)
@@ -320,8 +356,9 @@ def create_app(jobs_dir: Path | None = None, max_jobs: int | None = None) -> Fas
             cfg = OmegaConf.load(path.parent / "config.yaml")
             contract = torch.load(path, weights_only=True)["contract"]
             actions = action_space(cfg.env)
-            agent = PPOAgent(cfg.agent, cfg.env.window_size, len(contract["features"]), actions,
-                             actions.spec(1), cfg.seed)
+            agent = PPOAgent(
+                cfg.agent, cfg.env.window_size, len(contract["features"]), actions, actions.spec(1), cfg.seed
+            )
             agent.load(path, contract)
             agent.window_size, agent.n_features = cfg.env.window_size, len(contract["features"])
             policies[key] = (agent, actions)

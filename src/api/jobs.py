@@ -5,6 +5,7 @@ exit code is written beside its log by a shell wrapper, so an API restarted whil
 still learns how it ended. ``JobStore.tick`` starts queued jobs and records finished ones; the
 API calls it from a background thread.
 """
+
 import json
 import os
 import signal
@@ -27,8 +28,11 @@ KIND_OVERRIDES = {"run": [], "stress": ["mode=stress"], "backtest": [], "paper":
 
 def job_overrides(request: JobRequest) -> list[str]:
     """The command-line overrides of a job: its kind, group choices, then its own overrides."""
-    return (KIND_OVERRIDES[request.kind] + [f"{group}={option}" for group, option in request.groups.items()]
-            + list(request.overrides))
+    return (
+        KIND_OVERRIDES[request.kind]
+        + [f"{group}={option}" for group, option in request.groups.items()]
+        + list(request.overrides)
+    )
 
 
 class JobStore:
@@ -48,8 +52,10 @@ class JobStore:
         output = self.directory / job_id
         output.mkdir()
         with self.lock:
-            self.db.execute("INSERT INTO jobs VALUES (?, ?, ?, 'queued', ?, NULL, NULL, NULL, NULL, ?)",
-                            (job_id, request.kind, json.dumps(job_overrides(request)), time.time(), str(output)))
+            self.db.execute(
+                "INSERT INTO jobs VALUES (?, ?, ?, 'queued', ?, NULL, NULL, NULL, NULL, ?)",
+                (job_id, request.kind, json.dumps(job_overrides(request)), time.time(), str(output)),
+            )
         self.tick()
         return self.get(job_id)
 
@@ -85,29 +91,34 @@ class JobStore:
         """Record jobs that ended; start queued ones while fewer than ``max_jobs`` run."""
         with self.lock:
             for job_id, pid, output in self.db.execute(
-                    "SELECT id, pid, output_dir FROM jobs WHERE status = 'running'").fetchall():
+                "SELECT id, pid, output_dir FROM jobs WHERE status = 'running'"
+            ).fetchall():
                 rc_file = Path(output) / "returncode"
                 if rc_file.is_file():
                     rc = int(rc_file.read_text().strip() or 1)
-                    self.db.execute("UPDATE jobs SET status = ?, ended = ?, returncode = ? WHERE id = ?",
-                                    ("finished" if rc == 0 else "failed", time.time(), rc, job_id))
+                    self.db.execute(
+                        "UPDATE jobs SET status = ?, ended = ?, returncode = ? WHERE id = ?",
+                        ("finished" if rc == 0 else "failed", time.time(), rc, job_id),
+                    )
                 elif not _alive(pid):
-                    self.db.execute("UPDATE jobs SET status = 'failed', ended = ? WHERE id = ?",
-                                    (time.time(), job_id))
+                    self.db.execute("UPDATE jobs SET status = 'failed', ended = ? WHERE id = ?", (time.time(), job_id))
             free = self.max_jobs - self.running()
             for job_id, overrides, output in self.db.execute(
-                    "SELECT id, overrides, output_dir FROM jobs WHERE status = 'queued' ORDER BY created "
-                    "LIMIT ?", (max(free, 0),)).fetchall():
+                "SELECT id, overrides, output_dir FROM jobs WHERE status = 'queued' ORDER BY created LIMIT ?",
+                (max(free, 0),),
+            ).fetchall():
                 pid = self._start(json.loads(overrides), Path(output))
-                self.db.execute("UPDATE jobs SET status = 'running', started = ?, pid = ? WHERE id = ?",
-                                (time.time(), pid, job_id))
+                self.db.execute(
+                    "UPDATE jobs SET status = 'running', started = ?, pid = ? WHERE id = ?", (time.time(), pid, job_id)
+                )
 
     def _start(self, overrides: list[str], output: Path) -> int:
         command = [sys.executable, "-m", "src.run", *overrides, f"hydra.run.dir={output / 'run'}"]
         wrapper = ["bash", "-c", '"$@" > "$0/log.txt" 2>&1; echo $? > "$0/returncode"', str(output), *command]
         env = {**os.environ, **(self.env or {}), "PYTHONUNBUFFERED": "1"}
-        process = subprocess.Popen(wrapper, cwd=ROOT, env=env, start_new_session=True,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            wrapper, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         threading.Thread(target=process.wait, daemon=True).start()  # reap it when it ends
         return process.pid
 
@@ -115,9 +126,19 @@ class JobStore:
         job_id, kind, overrides, status, created, started, ended, rc, _, output = row
         tail = _tail(Path(output) / "log.txt")
         progress = next((line for line in reversed(tail) if "frames" in line or "%" in line), "")
-        return Job(id=job_id, kind=kind, overrides=json.loads(overrides), status=status,
-                   created=created, started=started, ended=ended, returncode=rc,
-                   output_dir=output, progress=progress, log_tail=tail)
+        return Job(
+            id=job_id,
+            kind=kind,
+            overrides=json.loads(overrides),
+            status=status,
+            created=created,
+            started=started,
+            ended=ended,
+            returncode=rc,
+            output_dir=output,
+            progress=progress,
+            log_tail=tail,
+        )
 
     def close(self) -> None:
         self.db.close()

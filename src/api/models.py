@@ -1,4 +1,5 @@
 """Pydantic models of every request and response of the API."""
+
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field

@@ -1,4 +1,5 @@
 """Runs and sweeps from the MLflow store that ``src.run`` writes (the one source of figures)."""
+
 import io
 
 import mlflow
@@ -28,27 +29,41 @@ def _metric(run: Run, *keys: str) -> float | None:
 def row(run: Run) -> RunRow:
     params = run.data.params
     return RunRow(
-        run_id=run.info.run_id, name=run.info.run_name or "", status=run.info.status,
-        experiment=run.info.experiment_id, agent=params.get("agent.name"),
-        data=params.get("data.name"), scenario=_scenario(params), mode=params.get("mode"),
-        test_sharpe=_metric(run, "test/sharpe"), val_sharpe=_metric(run, "val/sharpe"),
-        total_return=_metric(run, "test/total_return"), max_drawdown=_metric(run, "test/max_drawdown"),
-        trades=_metric(run, "test/trades"), seconds=_metric(run, "run_seconds"),
-        parent_run_id=run.data.tags.get("mlflow.parentRunId"))
+        run_id=run.info.run_id,
+        name=run.info.run_name or "",
+        status=run.info.status,
+        experiment=run.info.experiment_id,
+        agent=params.get("agent.name"),
+        data=params.get("data.name"),
+        scenario=_scenario(params),
+        mode=params.get("mode"),
+        test_sharpe=_metric(run, "test/sharpe"),
+        val_sharpe=_metric(run, "val/sharpe"),
+        total_return=_metric(run, "test/total_return"),
+        max_drawdown=_metric(run, "test/max_drawdown"),
+        trades=_metric(run, "test/trades"),
+        seconds=_metric(run, "run_seconds"),
+        parent_run_id=run.data.tags.get("mlflow.parentRunId"),
+    )
 
 
 def detail(run: Run) -> RunDetail:
     artifacts = [a.path for a in client().list_artifacts(run.info.run_id)]
-    return RunDetail(**row(run).model_dump(), artifact_dir=run.info.artifact_uri.removeprefix("file://"),
-                     params=run.data.params, metrics=run.data.metrics,
-                     tags={k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.log")},
-                     artifacts=artifacts)
+    return RunDetail(
+        **row(run).model_dump(),
+        artifact_dir=run.info.artifact_uri.removeprefix("file://"),
+        params=run.data.params,
+        metrics=run.data.metrics,
+        tags={k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.log")},
+        artifacts=artifacts,
+    )
 
 
 def search(filter_string: str = "", offset: int = 0, limit: int = 50) -> tuple[list[RunRow], int]:
     """Runs matching an MLflow filter, newest first; (page, total)."""
-    runs = client().search_runs(experiment_ids(), filter_string, order_by=["attributes.start_time DESC"],
-                                max_results=5000)
+    runs = client().search_runs(
+        experiment_ids(), filter_string, order_by=["attributes.start_time DESC"], max_results=5000
+    )
     return [row(r) for r in runs[offset : offset + limit]], len(runs)
 
 
@@ -70,5 +85,4 @@ def artifact_frame(run_id: str, name: str) -> pd.DataFrame | None:
 
 
 def children(parent_run_id: str) -> list[Run]:
-    return client().search_runs(experiment_ids(), f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                                max_results=5000)
+    return client().search_runs(experiment_ids(), f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=5000)

@@ -1,4 +1,5 @@
 """Out-of-sample backtest: one env of the training kernel walked bar by bar over a split."""
+
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -13,8 +14,12 @@ from src.envs.market import VectorMarket
 from src.envs.torchrl_env import feature_columns, market_rules
 from src.registry import register
 
-EXIT_REASONS = {kernels.STOP_EXIT: "stop_loss", kernels.TAKE_EXIT: "take_profit",
-                kernels.TRAIL_EXIT: "trailing_stop", kernels.END_EXIT: "end_of_backtest"}
+EXIT_REASONS = {
+    kernels.STOP_EXIT: "stop_loss",
+    kernels.TAKE_EXIT: "take_profit",
+    kernels.TRAIL_EXIT: "trailing_stop",
+    kernels.END_EXIT: "end_of_backtest",
+}
 ACCOUNT = ("t", "cash", "units", "requested", "equity")  # what closing a position reads and writes
 TRADE_COLUMNS = ["timestamp", "side", "units", "price", "fee", "reason", "partial"]
 
@@ -44,8 +49,7 @@ class Backtester:
         ``close_at_end=False`` leaves the last position open (marked at the last close): the
         paper-trading parity check compares a session that goes on."""
         if hasattr(agent, "signals"):  # a rule on prices: its targets are known for every bar
-            return self.run_targets(self.actions.to_targets(agent.signals(df)).reshape(-1, 1), df,
-                                    close_at_end)[0]
+            return self.run_targets(self.actions.to_targets(agent.signals(df)).reshape(-1, 1), df, close_at_end)[0]
 
         def decide(bar: int, market: VectorMarket) -> np.ndarray:
             observed = agent.act(torch.from_numpy(market.obs), torch.from_numpy(market.account))
@@ -53,8 +57,7 @@ class Backtester:
 
         return self._walk(df, 1, decide, close_at_end)[0]
 
-    def run_targets(self, targets: np.ndarray, df: pd.DataFrame,
-                    close_at_end: bool = True) -> list[BacktestResult]:
+    def run_targets(self, targets: np.ndarray, df: pd.DataFrame, close_at_end: bool = True) -> list[BacktestResult]:
         """Backtest N fixed target paths at once, one env each of one kernel call per bar:
         ``targets`` (len(df), N) float64 is each path's target decided at each bar's close
         (fractions of equity). Each result equals that path's own single backtest."""
@@ -65,8 +68,7 @@ class Backtester:
         market)`` gives the (n,) targets at the close of ``bar``. An env that ends early (equity
         under the floor) keeps its series up to that bar."""
         window = self.env_cfg.window_size
-        rules = replace(market_rules(self.env_cfg, self.cfg, df.index), episode_length=len(df),
-                        equity_floor=0.0)
+        rules = replace(market_rules(self.env_cfg, self.cfg, df.index), episode_length=len(df), equity_floor=0.0)
         market = VectorMarket(df, feature_columns(df), n, window, rules)
         market.reset(start=window - 1)
         n_steps = len(df) - window
@@ -98,8 +100,12 @@ class Backtester:
                 if market.fills[i, kernels.EXIT_UNITS] != 0.0:
                     fills[i] += fill_rows(market.fills[i], df.index[market.t[i]])
                 equity[ends[i], i] = market.equity[i]
-        return [self._result(df, equity[: ends[i] + 1, i], positions[: ends[i] + 1, i],
-                             financing[: ends[i] + 1, i], fills[i]) for i in range(n)]
+        return [
+            self._result(
+                df, equity[: ends[i] + 1, i], positions[: ends[i] + 1, i], financing[: ends[i] + 1, i], fills[i]
+            )
+            for i in range(n)
+        ]
 
     def _result(self, df, equity, positions, financing, fills) -> BacktestResult:
         scale, window = self.cfg.initial_cash, self.env_cfg.window_size
@@ -108,8 +114,9 @@ class Backtester:
         charged = pd.Series(financing * scale, index=index, name="financing")
         trades = pd.DataFrame(fills, columns=TRADE_COLUMNS)
         trades[["units", "fee"]] *= scale
-        metrics = compute_metrics(curve, positions, trades, self.cfg.periods_per_year,
-                                  self.cfg.risk_free_rate, charged.to_numpy())
+        metrics = compute_metrics(
+            curve, positions, trades, self.cfg.periods_per_year, self.cfg.risk_free_rate, charged.to_numpy()
+        )
         return BacktestResult(curve, positions, charged, trades, metrics)
 
 
@@ -118,10 +125,20 @@ def fill_rows(row: np.ndarray, stamp: pd.Timestamp) -> list[tuple]:
     closing trade at the end)."""
     out = []
     for units, price, fee, reason, partial in [
-        (row[kernels.ENTRY_UNITS], row[kernels.ENTRY_PRICE], row[kernels.ENTRY_FEE], "signal",
-         bool(row[kernels.PARTIAL])),
-        (row[kernels.EXIT_UNITS], row[kernels.EXIT_PRICE], row[kernels.EXIT_FEE],
-         EXIT_REASONS.get(int(row[kernels.EXIT_REASON]), ""), False),
+        (
+            row[kernels.ENTRY_UNITS],
+            row[kernels.ENTRY_PRICE],
+            row[kernels.ENTRY_FEE],
+            "signal",
+            bool(row[kernels.PARTIAL]),
+        ),
+        (
+            row[kernels.EXIT_UNITS],
+            row[kernels.EXIT_PRICE],
+            row[kernels.EXIT_FEE],
+            EXIT_REASONS.get(int(row[kernels.EXIT_REASON]), ""),
+            False,
+        ),
     ]:
         if units != 0.0:
             out.append((stamp, "buy" if units > 0 else "sell", units, price, fee, reason, partial))

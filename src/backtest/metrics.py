@@ -36,20 +36,15 @@ A round trip runs from a bar where the position leaves 0 (or flips sign) to the 
 RATIO_CAP (1e6) stands for "infinite" (a flawless curve ranks first, and every value stays a
 finite number that JSON and MLflow store).
 """
+
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from src.data.timeframes import periods_per_year
+
 EULER_GAMMA = 0.5772156649015329
-SECONDS_PER_YEAR = 365.25 * 24 * 3600
 RATIO_CAP = 1e6
-
-
-def periods_per_year(index: pd.DatetimeIndex) -> float:
-    """Bars per year observed in ``index`` (e.g. ~8766 for 24/7 hourly, ~252 for equity dailies)."""
-    if len(index) < 2 or (index[-1] - index[0]).total_seconds() <= 0:
-        raise ValueError("need at least two distinct timestamps to derive the bar frequency")
-    return (len(index) - 1) * SECONDS_PER_YEAR / (index[-1] - index[0]).total_seconds()
 
 
 def rolling_sharpe(returns: pd.Series, periods: float) -> tuple[pd.Series, int]:
@@ -88,8 +83,7 @@ def round_trip_pnl(equity: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return np.asarray(pnl)
 
 
-def probabilistic_sharpe(sharpe: float, n: int, skewness: float, kurtosis: float,
-                         benchmark: float = 0.0) -> float:
+def probabilistic_sharpe(sharpe: float, n: int, skewness: float, kurtosis: float, benchmark: float = 0.0) -> float:
     """PSR: P(true Sharpe > ``benchmark``) given a per-period ``sharpe`` estimated from ``n``
     returns with that ``skewness`` and (non-excess) ``kurtosis``. 0.5 when n < 2."""
     if n < 2:
@@ -102,8 +96,13 @@ def probabilistic_sharpe(sharpe: float, n: int, skewness: float, kurtosis: float
 
 def psr_against(metrics: dict[str, float], benchmark: dict[str, float]) -> float:
     """PSR of a backtest's ``metrics`` against the per-period Sharpe of ``benchmark``'s."""
-    return probabilistic_sharpe(metrics["sharpe_per_period"], int(metrics["n_returns"]),
-                                metrics["skewness"], metrics["kurtosis"], benchmark["sharpe_per_period"])
+    return probabilistic_sharpe(
+        metrics["sharpe_per_period"],
+        int(metrics["n_returns"]),
+        metrics["skewness"],
+        metrics["kurtosis"],
+        benchmark["sharpe_per_period"],
+    )
 
 
 def expected_max_sharpe(n_trials: int, variance: float) -> float:
@@ -112,20 +111,29 @@ def expected_max_sharpe(n_trials: int, variance: float) -> float:
     if n_trials < 2:
         return 0.0
     z = stats.norm.ppf
-    return float(np.sqrt(variance) * ((1 - EULER_GAMMA) * z(1 - 1 / n_trials)
-                                      + EULER_GAMMA * z(1 - 1 / (n_trials * np.e))))
+    return float(
+        np.sqrt(variance) * ((1 - EULER_GAMMA) * z(1 - 1 / n_trials) + EULER_GAMMA * z(1 - 1 / (n_trials * np.e)))
+    )
 
 
-def deflated_sharpe(sharpe: float, n: int, skewness: float, kurtosis: float,
-                    trial_sharpes: list[float]) -> dict[str, float]:
+def deflated_sharpe(
+    sharpe: float, n: int, skewness: float, kurtosis: float, trial_sharpes: list[float]
+) -> dict[str, float]:
     """DSR of the selected per-period ``sharpe`` after ``len(trial_sharpes)`` trials (their
     per-period Sharpes, the selected one among them), with what went into it."""
     trials = len(trial_sharpes)
     variance = float(np.var(trial_sharpes, ddof=1)) if trials > 1 else 0.0
     benchmark = expected_max_sharpe(trials, variance)
-    return {"dsr": probabilistic_sharpe(sharpe, n, skewness, kurtosis, benchmark), "trials": float(trials),
-            "trial_sharpe_variance": variance, "expected_max_sharpe": benchmark,
-            "sharpe_per_period": sharpe, "skewness": skewness, "kurtosis": kurtosis, "n_returns": float(n)}
+    return {
+        "dsr": probabilistic_sharpe(sharpe, n, skewness, kurtosis, benchmark),
+        "trials": float(trials),
+        "trial_sharpe_variance": variance,
+        "expected_max_sharpe": benchmark,
+        "sharpe_per_period": sharpe,
+        "skewness": skewness,
+        "kurtosis": kurtosis,
+        "n_returns": float(n),
+    }
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -135,9 +143,14 @@ def _ratio(numerator: float, denominator: float) -> float:
     return float(np.sign(numerator) * RATIO_CAP)
 
 
-def compute_metrics(equity: pd.Series, positions: np.ndarray, trades: pd.DataFrame | None = None,
-                    periods: float | None = None, risk_free_rate: float = 0.0,
-                    financing: np.ndarray | None = None) -> dict[str, float]:
+def compute_metrics(
+    equity: pd.Series,
+    positions: np.ndarray,
+    trades: pd.DataFrame | None = None,
+    periods: float | None = None,
+    risk_free_rate: float = 0.0,
+    financing: np.ndarray | None = None,
+) -> dict[str, float]:
     """The metrics above for one equity curve; ``positions`` are per-bar position fractions;
     ``trades`` the fills (columns units, price, fee), or None; ``financing`` the borrow and
     funding charged in each bar (quote currency), or None."""

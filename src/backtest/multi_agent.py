@@ -9,6 +9,7 @@ the exogenous and the traded closes and ``volatility_added`` (their difference).
 are closed at the last close with the fee and fixed slippage (no impact), as in single-agent
 backtests.
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,14 +21,20 @@ from rich.table import Table
 
 from src import registry
 from src.backtest.engine import TRADE_COLUMNS
-from src.backtest.metrics import compute_metrics, periods_per_year
+from src.backtest.metrics import compute_metrics
+from src.data.timeframes import periods_per_year
 from src.envs import kernels
 from src.envs.multi_market import FEE_PAID, IMPACT_PAID, SLIPPAGE_PAID
 
-AGENT_COLUMNS = [("total_return", "Return", "{:+.1%}"), ("sharpe", "Sharpe", "{:+.2f}"),
-                 ("sortino", "Sortino", "{:+.2f}"), ("max_drawdown", "MaxDD", "{:.1%}"),
-                 ("trades", "Trades", "{:.0f}"), ("turnover", "Turnover", "{:.0f}"),
-                 ("impact_paid", "Impact", "{:+.2%}")]
+AGENT_COLUMNS = [
+    ("total_return", "Return", "{:+.1%}"),
+    ("sharpe", "Sharpe", "{:+.2f}"),
+    ("sortino", "Sortino", "{:+.2f}"),
+    ("max_drawdown", "MaxDD", "{:.1%}"),
+    ("trades", "Trades", "{:.0f}"),
+    ("turnover", "Turnover", "{:.0f}"),
+    ("impact_paid", "Impact", "{:+.2%}"),
+]
 
 
 @dataclass
@@ -75,22 +82,32 @@ def backtest_market(cfg, df: pd.DataFrame, agent) -> MarketResult:
     _close(market, fills, env.names, df.index[-1])
     equity[-1] = market.equity
     scale, periods = cfg.env.capital, periods_per_year(df.index)
-    index = df.index[window - 1:]
+    index = df.index[window - 1 :]
     trades = pd.DataFrame(fills, columns=["agent", *TRADE_COLUMNS])
     trades[["units", "fee"]] *= scale
     agents = {}
     for j, name in enumerate(env.names):
         curve = pd.Series(equity[:, j] * scale, index=index, name=name)
         mine = trades[trades["agent"] == name]
-        metrics = compute_metrics(curve, positions[:, j], mine, cfg.backtest.periods_per_year,
-                                  cfg.backtest.risk_free_rate)
-        agents[name] = {**metrics, "impact_paid": paid[j, IMPACT_PAID], "slippage_paid": paid[j, SLIPPAGE_PAID],
-                        "learner": float(j in env.learners)}
-    exogenous = df["$close"].to_numpy()[window - 1:]
+        metrics = compute_metrics(
+            curve, positions[:, j], mine, cfg.backtest.periods_per_year, cfg.backtest.risk_free_rate
+        )
+        agents[name] = {
+            **metrics,
+            "impact_paid": paid[j, IMPACT_PAID],
+            "slippage_paid": paid[j, SLIPPAGE_PAID],
+            "learner": float(j in env.learners),
+        }
+    exogenous = df["$close"].to_numpy()[window - 1 :]
     traded_close = exogenous * levels
     prices = pd.DataFrame({"exogenous": exogenous, "traded": traded_close}, index=index)
-    return MarketResult(agents, _market_figures(exogenous, traded_close, levels, periods),
-                        pd.DataFrame(equity * scale, index=index, columns=env.names), prices, trades)
+    return MarketResult(
+        agents,
+        _market_figures(exogenous, traded_close, levels, periods),
+        pd.DataFrame(equity * scale, index=index, columns=env.names),
+        prices,
+        trades,
+    )
 
 
 def _close(market, fills: list, names: list[str], stamp) -> None:
@@ -108,15 +125,18 @@ def _close(market, fills: list, names: list[str], stamp) -> None:
         fills.append((names[j], stamp, "buy" if x > 0 else "sell", x, price, fee, "end_of_backtest", False))
 
 
-def _market_figures(exogenous: np.ndarray, traded: np.ndarray, levels: np.ndarray,
-                    periods: float) -> dict[str, float]:
+def _market_figures(exogenous: np.ndarray, traded: np.ndarray, levels: np.ndarray, periods: float) -> dict[str, float]:
     def vol(closes):
         returns = np.diff(np.log(closes))
         return float(returns.std(ddof=1) * np.sqrt(periods)) if len(returns) > 1 else 0.0
 
-    return {"price_impact": float(np.log(levels[-1])), "mean_abs_impact": float(np.abs(np.log(levels)).mean()),
-            "volatility_exogenous": vol(exogenous), "volatility_market": vol(traded),
-            "volatility_added": vol(traded) - vol(exogenous)}
+    return {
+        "price_impact": float(np.log(levels[-1])),
+        "mean_abs_impact": float(np.abs(np.log(levels)).mean()),
+        "volatility_exogenous": vol(exogenous),
+        "volatility_market": vol(traded),
+        "volatility_added": vol(traded) - vol(exogenous),
+    }
 
 
 class RandomLearners:
@@ -138,16 +158,21 @@ def market_table(result: MarketResult, title: str) -> list[Table]:
     for _, header, _ in AGENT_COLUMNS:
         agents.add_column(header, justify="right", no_wrap=True)
     for name, m in result.agents.items():
-        agents.add_row(name + ("*" if m["learner"] else ""),
-                       *(fmt.format(m[key]) for key, _, fmt in AGENT_COLUMNS))
-    market = Table(title="Market: what the agents' flow did to the price",
-                   caption="Level: log price level left by permanent impact (end, mean |.|)")
+        agents.add_row(name + ("*" if m["learner"] else ""), *(fmt.format(m[key]) for key, _, fmt in AGENT_COLUMNS))
+    market = Table(
+        title="Market: what the agents' flow did to the price",
+        caption="Level: log price level left by permanent impact (end, mean |.|)",
+    )
     for header in ("Level end", "Level mean", "Vol exogenous", "Vol traded", "Vol added"):
         market.add_column(header, justify="right", no_wrap=True)
     m = result.market
-    market.add_row(f"{m['price_impact']:+.4f}", f"{m['mean_abs_impact']:.4f}",
-                   f"{m['volatility_exogenous']:.2%}", f"{m['volatility_market']:.2%}",
-                   f"{m['volatility_added']:+.2%}")
+    market.add_row(
+        f"{m['price_impact']:+.4f}",
+        f"{m['mean_abs_impact']:.4f}",
+        f"{m['volatility_exogenous']:.2%}",
+        f"{m['volatility_market']:.2%}",
+        f"{m['volatility_added']:+.2%}",
+    )
     return [agents, market]
 
 

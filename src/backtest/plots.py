@@ -4,6 +4,7 @@ Plots: equity vs the other agents (buy-and-hold among them), drawdown, returns d
 position over time, rolling Sharpe. ``marks`` (start, end) timestamps shade a window, e.g. the
 bars a scenario injected.
 """
+
 import base64
 import html
 from pathlib import Path
@@ -20,8 +21,14 @@ from src.backtest.metrics import rolling_sharpe  # noqa: E402
 Marks = list[tuple[pd.Timestamp, pd.Timestamp]]
 
 
-def save_plots(equity_curves: dict[str, pd.Series], positions: np.ndarray, out_dir: Path,
-               highlight: str, periods: float, marks: Marks = ()) -> list[Path]:
+def save_plots(
+    equity_curves: dict[str, pd.Series],
+    positions: np.ndarray,
+    out_dir: Path,
+    highlight: str,
+    periods: float,
+    marks: Marks = (),
+) -> list[Path]:
     """Write equity/drawdown/returns/position/rolling_sharpe PNGs for ``highlight``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     equity = equity_curves[highlight]
@@ -69,24 +76,32 @@ def _save(fig, ax, path: Path, marks: Marks) -> Path:
     return path
 
 
-def html_report(title: str, metrics: dict[str, dict[str, float]], images: list[Path],
-                trades: pd.DataFrame, path: Path) -> Path:
+def html_report(
+    title: str, metrics: dict[str, dict[str, float]], images: list[Path], trades: pd.DataFrame, path: Path
+) -> Path:
     """One self-contained HTML file: metrics table, embedded plots, the first trades."""
     names = list(metrics)
     keys = list(dict.fromkeys(k for m in metrics.values() for k in m))  # a metric not every agent has: blank
-    rows = "".join(f"<tr><th>{html.escape(k)}</th>" + "".join(
-        f"<td>{metrics[n][k]:.4g}</td>" if k in metrics[n] else "<td></td>" for n in names) + "</tr>"
-        for k in keys)
+    rows = "".join(
+        f"<tr><th>{html.escape(k)}</th>"
+        + "".join(f"<td>{metrics[n][k]:.4g}</td>" if k in metrics[n] else "<td></td>" for n in names)
+        + "</tr>"
+        for k in keys
+    )
     table = f"<table><tr><th></th>{''.join(f'<th>{html.escape(n)}</th>' for n in names)}</tr>{rows}</table>"
     pictures = "".join(
-        f'<img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
-        for p in images)
-    style = ("body{font-family:sans-serif;margin:2em} table{border-collapse:collapse} "
-             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right} img{max-width:100%;display:block}")
-    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-                    f"</title><style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
-                    f"<h2>Metrics</h2>{table}<h2>Plots</h2>{pictures}<h2>Trades (first 200)</h2>"
-                    f"{trades.head(200).to_html(index=False)}</body></html>")
+        f'<img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">' for p in images
+    )
+    style = (
+        "body{font-family:sans-serif;margin:2em} table{border-collapse:collapse} "
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right} img{max-width:100%;display:block}"
+    )
+    path.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+        f"</title><style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"<h2>Metrics</h2>{table}<h2>Plots</h2>{pictures}<h2>Trades (first 200)</h2>"
+        f"{trades.head(200).to_html(index=False)}</body></html>"
+    )
     return path
 
 

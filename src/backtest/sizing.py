@@ -16,12 +16,13 @@ Stop unit (``backtest.stops.unit``): ``percent`` = 1 (stop distances are fractio
 price); ``atr`` = ATR(atr_period) / close at bar t (distances are ATR multiples).
 The kernel caps the sized position at ``env.max_leverage``.
 """
+
 import numpy as np
 import pandas as pd
 import talib
 
-from src.backtest.metrics import periods_per_year
 from src.config_checks import ConfigError
+from src.data.timeframes import periods_per_year
 from src.envs.market import SHORT_SIZE_COLUMN, SIZE_COLUMN, STOP_UNIT_COLUMN
 
 SIZING = ("none", "fixed_fraction", "vol_target", "kelly")
@@ -53,8 +54,7 @@ def stop_unit(df: pd.DataFrame, cfg) -> np.ndarray:
     if cfg.unit == "percent":
         return np.ones(len(df))
     if cfg.unit == "atr":
-        atr = talib.ATR(*(df[c].to_numpy(np.float64) for c in ["$high", "$low", "$close"]),
-                        cfg.atr_period)
+        atr = talib.ATR(*(df[c].to_numpy(np.float64) for c in ["$high", "$low", "$close"]), cfg.atr_period)
         return np.nan_to_num(atr / df["$close"].to_numpy(), nan=0.0)
     raise ConfigError(f"backtest.stops.unit={cfg.unit!r}; valid: percent, atr")
 
@@ -63,5 +63,6 @@ def with_risk_columns(df: pd.DataFrame, backtest_cfg) -> pd.DataFrame:
     """``df`` plus ``@size``, ``@short_size`` and ``@stop_unit`` (not observed by agents);
     ``backtest.periods_per_year`` annualises when set (a live session fixes it)."""
     long_size, short_size = size_multipliers(df, backtest_cfg.sizing, backtest_cfg.get("periods_per_year"))
-    return df.assign(**{SIZE_COLUMN: long_size, SHORT_SIZE_COLUMN: short_size,
-                        STOP_UNIT_COLUMN: stop_unit(df, backtest_cfg.stops)})
+    return df.assign(
+        **{SIZE_COLUMN: long_size, SHORT_SIZE_COLUMN: short_size, STOP_UNIT_COLUMN: stop_unit(df, backtest_cfg.stops)}
+    )

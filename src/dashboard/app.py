@@ -7,6 +7,7 @@ Stress (scenario x agent heatmap), Launch (options from the API's /configs, neve
 Paper (sessions, live equity), System (health and the API's Prometheus metrics). A view can be
 linked: ``?page=Runs&compare=<run id>,<run id>``, ``?page=Run&run=<run id>``.
 """
+
 import io
 import os
 
@@ -16,7 +17,8 @@ import plotly.graph_objects as go
 import requests
 import streamlit as st
 
-from src.backtest.metrics import periods_per_year, rolling_sharpe
+from src.backtest.metrics import rolling_sharpe
+from src.data.timeframes import periods_per_year
 
 API = os.environ.get("RLTRADE_API_URL", "http://127.0.0.1:8000").rstrip("/")
 PAGES = ("Runs", "Run", "Sweeps", "Stress", "Launch", "Paper", "System")
@@ -66,12 +68,29 @@ def runs_page() -> None:
     st.caption(f"{page['total']} runs")
     if table.empty:
         return
-    shown = ["name", "agent", "data", "scenario", "test_sharpe", "val_sharpe", "total_return",
-             "max_drawdown", "trades", "seconds", "status", "run_id"]
+    shown = [
+        "name",
+        "agent",
+        "data",
+        "scenario",
+        "test_sharpe",
+        "val_sharpe",
+        "total_return",
+        "max_drawdown",
+        "trades",
+        "seconds",
+        "status",
+        "run_id",
+    ]
     st.dataframe(table[shown], hide_index=True, key="runs_table")
     linked = [r for r in st.query_params.get("compare", "").split(",") if r in set(table.run_id)]
-    chosen = st.multiselect("compare runs", table.run_id.tolist(), default=linked,
-                            format_func=lambda r: table.set_index("run_id").loc[r, "name"], key="compare")
+    chosen = st.multiselect(
+        "compare runs",
+        table.run_id.tolist(),
+        default=linked,
+        format_func=lambda r: table.set_index("run_id").loc[r, "name"],
+        key="compare",
+    )
     if not chosen:
         return
     equity, under = go.Figure(), go.Figure()
@@ -90,8 +109,10 @@ def runs_page() -> None:
     params = pd.DataFrame({r: api("GET", f"/runs/{r}")["params"] for r in chosen})
     differs = params.nunique(axis=1, dropna=False) > 1
     st.subheader("Parameters (differences highlighted)")
-    st.dataframe(params.style.apply(lambda row: ["background-color: #fff3b0" if differs[row.name] else ""
-                                                 for _ in row], axis=1), key="params_diff")
+    st.dataframe(
+        params.style.apply(lambda row: ["background-color: #fff3b0" if differs[row.name] else "" for _ in row], axis=1),
+        key="params_diff",
+    )
 
 
 def run_page() -> None:
@@ -120,10 +141,18 @@ def run_page() -> None:
             marks = series.reindex(stamps, method="ffill")
             for side, symbol in (("buy", "triangle-up"), ("sell", "triangle-down")):
                 chosen = trades.side == side
-                figure.add_scatter(x=stamps[chosen], y=marks[chosen.to_numpy()].values, mode="markers",
-                                   name=side, marker_symbol=symbol, marker_size=9)
-        charts = {"run_equity": figure.update_layout(title="Equity and fills"),
-                  "run_drawdown": px.area(drawdown(series), title="Drawdown")}
+                figure.add_scatter(
+                    x=stamps[chosen],
+                    y=marks[chosen.to_numpy()].values,
+                    mode="markers",
+                    name=side,
+                    marker_symbol=symbol,
+                    marker_size=9,
+                )
+        charts = {
+            "run_equity": figure.update_layout(title="Equity and fills"),
+            "run_drawdown": px.area(drawdown(series), title="Drawdown"),
+        }
         frame = api("GET", f"/runs/{run_id}/artifacts/equity.csv", missing_ok=True)
         if isinstance(frame, str) and "position" in frame.splitlines()[0]:
             positions = pd.read_csv(io.StringIO(frame), index_col=0, parse_dates=True)["position"]
@@ -164,8 +193,10 @@ def sweeps_page() -> None:
     parent = pick("sweep", parents)
     sweep = api("GET", f"/sweeps/{parent}")
     metric = (sweep["metric"] or "val_sharpe").replace("val_", "val/")
-    rows = [{**t["params"], metric: t["metrics"].get(metric), "status": t["status"], "run": t["name"]}
-            for t in sweep["trials"]]
+    rows = [
+        {**t["params"], metric: t["metrics"].get(metric), "status": t["status"], "run": t["name"]}
+        for t in sweep["trials"]
+    ]
     table = pd.DataFrame(rows)
     swept = [c for c in table.columns if table[c].nunique() > 1 and c not in (metric, "status", "run")]
     st.dataframe(table[["run", "status", metric, *swept]], hide_index=True, key="sweep_table")
@@ -187,22 +218,32 @@ def stress_page() -> None:
     run_id = pick("stress run", linked + [r for r in stressed if r not in linked])
     table = api("GET", f"/runs/{run_id}/stress")
     sharpe = pd.DataFrame({s: {a: m["sharpe"] for a, m in agents.items()} for s, agents in table.items()}).T
-    st.plotly_chart(px.imshow(sharpe, text_auto=".2f", color_continuous_scale="RdYlGn",
-                              title="Sharpe by scenario and agent"), key="stress_heatmap")
-    st.markdown("Equity under each scenario: " + " · ".join(
-        f"[{s}]({API}/runs/{run_id}/artifacts/plots/{s}/equity.png)" for s in table))
+    st.plotly_chart(
+        px.imshow(sharpe, text_auto=".2f", color_continuous_scale="RdYlGn", title="Sharpe by scenario and agent"),
+        key="stress_heatmap",
+    )
+    st.markdown(
+        "Equity under each scenario: "
+        + " · ".join(f"[{s}]({API}/runs/{run_id}/artifacts/plots/{s}/equity.png)" for s in table)
+    )
 
 
 def launch_page() -> None:
     st.header("Launch")
     groups = api("GET", "/configs")["groups"]
     kind = st.selectbox("kind", ["run", "stress", "backtest", "paper"])
-    chosen = {group: st.selectbox(group, ["(default)"] + options, key=f"launch_{group}")
-              for group, options in groups.items() if options}
+    chosen = {
+        group: st.selectbox(group, ["(default)"] + options, key=f"launch_{group}")
+        for group, options in groups.items()
+        if options
+    }
     overrides = st.text_input("overrides (space separated)", "", key="launch_overrides")
     if st.button("Start", key="launch_start"):
-        body = {"kind": kind, "groups": {g: o for g, o in chosen.items() if o != "(default)"},
-                "overrides": overrides.split()}
+        body = {
+            "kind": kind,
+            "groups": {g: o for g, o in chosen.items() if o != "(default)"},
+            "overrides": overrides.split(),
+        }
         job = api("POST", "/jobs", json=body)
         if job:
             st.session_state["job"] = job["id"]
@@ -219,18 +260,32 @@ def paper_page() -> None:
         st.dataframe(pd.DataFrame(sessions), hide_index=True, key="paper_sessions")
         session = st.selectbox("session", [s["session"] for s in sessions], key="paper_session")
         live_equity(session)
-    checkpoints = [r for r in api("GET", "/runs", params={"agent": "ppo", "limit": 50})["runs"]
-                   if r["test_sharpe"] is not None]
+    checkpoints = [
+        r for r in api("GET", "/runs", params={"agent": "ppo", "limit": 50})["runs"] if r["test_sharpe"] is not None
+    ]
     st.subheader("Start a session")
-    choice = st.selectbox("model (validation / test Sharpe)", ["buy_and_hold"] + [c["run_id"] for c in checkpoints],
-                          format_func=lambda r: r if r == "buy_and_hold" else next(
-                              f"{c['name']} ({c['val_sharpe'] or 0:+.2f} / {c['test_sharpe']:+.2f})"
-                              for c in checkpoints if c["run_id"] == r), key="paper_model")
+    choice = st.selectbox(
+        "model (validation / test Sharpe)",
+        ["buy_and_hold"] + [c["run_id"] for c in checkpoints],
+        format_func=lambda r: (
+            r
+            if r == "buy_and_hold"
+            else next(
+                f"{c['name']} ({c['val_sharpe'] or 0:+.2f} / {c['test_sharpe']:+.2f})"
+                for c in checkpoints
+                if c["run_id"] == r
+            )
+        ),
+        key="paper_model",
+    )
     feed = st.selectbox("feed", ["replay", "ccxt"], key="paper_feed")
     if st.button("Start session", key="paper_start"):
         groups = {"feed": feed, **({"agent": "buy_and_hold"} if choice == "buy_and_hold" else {})}
-        overrides = [] if choice == "buy_and_hold" else [
-            f"agent.checkpoint={api('GET', f'/runs/{choice}')['artifact_dir']}/policy.pt"]
+        overrides = (
+            []
+            if choice == "buy_and_hold"
+            else [f"agent.checkpoint={api('GET', f'/runs/{choice}')['artifact_dir']}/policy.pt"]
+        )
         api("POST", "/jobs", json={"kind": "paper", "groups": groups, "overrides": overrides})
 
 
@@ -248,14 +303,17 @@ def live_equity(session: str) -> None:
     figure = go.Figure().add_scatter(x=equity.index, y=equity.equity, name="equity")
     if not fills.empty:
         stamps = pd.to_datetime(fills.ts, unit="ms", utc=True)
-        figure.add_scatter(x=stamps, y=equity.equity.reindex(stamps, method="ffill"), mode="markers",
-                           name="fills", marker_size=8)
+        figure.add_scatter(
+            x=stamps, y=equity.equity.reindex(stamps, method="ffill"), mode="markers", name="fills", marker_size=8
+        )
     st.plotly_chart(figure.update_layout(title=f"{session}: equity and fills"), key="paper_equity")
     lag = (pd.Timestamp.now(tz="UTC") - equity.index[-1]).total_seconds()
     latency = equity.latency_ms.dropna()
-    st.caption(f"position {equity.position.iloc[-1]:+.2f}, equity {equity.equity.iloc[-1]:,.2f}, "
-               f"{len(fills)} fills, last bar {equity.index[-1]:%Y-%m-%d %H:%M} (lag {lag:,.0f} s), "
-               f"decision latency p50 {latency.median():.2f} ms / p99 {latency.quantile(0.99):.2f} ms")
+    st.caption(
+        f"position {equity.position.iloc[-1]:+.2f}, equity {equity.equity.iloc[-1]:,.2f}, "
+        f"{len(fills)} fills, last bar {equity.index[-1]:%Y-%m-%d %H:%M} (lag {lag:,.0f} s), "
+        f"decision latency p50 {latency.median():.2f} ms / p99 {latency.quantile(0.99):.2f} ms"
+    )
 
 
 def event_data(block: str) -> dict:
@@ -286,8 +344,15 @@ def main() -> None:
     st.set_page_config(page_title="rltrade", layout="wide")
     linked = st.query_params.get("page", "Runs")  # ?page=Stress&run=...&compare=a,b: shareable views
     page = st.sidebar.radio("page", PAGES, index=PAGES.index(linked) if linked in PAGES else 0, key="page")
-    {"Runs": runs_page, "Run": run_page, "Sweeps": sweeps_page, "Stress": stress_page,
-     "Launch": launch_page, "Paper": paper_page, "System": system_page}[page]()
+    {
+        "Runs": runs_page,
+        "Run": run_page,
+        "Sweeps": sweeps_page,
+        "Stress": stress_page,
+        "Launch": launch_page,
+        "Paper": paper_page,
+        "System": system_page,
+    }[page]()
 
 
 main()

@@ -1,4 +1,5 @@
 """Parquet files written atomically, with an optional JSON metadata record."""
+
 import json
 import os
 import tempfile
@@ -17,7 +18,8 @@ def write_parquet(df: pd.DataFrame, path: Path, metadata: dict | None = None) ->
     table = pa.Table.from_pandas(df)
     if metadata is not None:
         table = table.replace_schema_metadata(
-            {**(table.schema.metadata or {}), METADATA_KEY: json.dumps(metadata).encode()})
+            {**(table.schema.metadata or {}), METADATA_KEY: json.dumps(metadata).encode()}
+        )
     handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(handle)
     try:

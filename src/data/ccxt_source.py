@@ -9,6 +9,7 @@ cache covers touches no network; otherwise only the missing head and tail are fe
 Writes are atomic (temp file + rename); an unreadable or mis-shaped cache file is reported,
 discarded and refetched (src/data/cache.py).
 """
+
 import logging
 import re
 import time
@@ -55,14 +56,21 @@ def read_cache(path: Path) -> pd.DataFrame | None:
 class ExchangeClient:
     """A ccxt exchange with retries, backoff and clear errors; credentials only from the env."""
 
-    def __init__(self, exchange_id: str, base_url: str | None = None, options: dict | None = None,
-                 max_retries: int = 5, backoff_seconds: float = 1.0, sandbox: bool = False):
+    def __init__(
+        self,
+        exchange_id: str,
+        base_url: str | None = None,
+        options: dict | None = None,
+        max_retries: int = 5,
+        backoff_seconds: float = 1.0,
+        sandbox: bool = False,
+    ):
         if exchange_id not in ccxt.exchanges:
-            raise ExchangeConfigError(f"unknown exchange {exchange_id!r} (data.exchange). "
-                                      f"ccxt knows: {', '.join(ccxt.exchanges)}")
+            raise ExchangeConfigError(
+                f"unknown exchange {exchange_id!r} (data.exchange). ccxt knows: {', '.join(ccxt.exchanges)}"
+            )
         self.credentials = exchange_credentials()
-        self.exchange = getattr(ccxt, exchange_id)(
-            {"enableRateLimit": True, **self.credentials, **(options or {})})
+        self.exchange = getattr(ccxt, exchange_id)({"enableRateLimit": True, **self.credentials, **(options or {})})
         if sandbox:  # the exchange's test network: its URLs, never real money
             self.exchange.set_sandbox_mode(True)
         if base_url:  # e.g. a proxy, or a server replaying recorded responses
@@ -81,28 +89,32 @@ class ExchangeClient:
                 if attempt == self.max_retries:
                     raise ConnectionError(
                         f"{self.exchange.id}.{method} failed after {attempt + 1} attempts: "
-                        f"{redact(str(error), self.credentials)}") from None
+                        f"{redact(str(error), self.credentials)}"
+                    ) from None
                 delay = self.backoff_seconds * 2**attempt
-                log.warning("%s.%s: %s; retry %d in %.1fs", self.exchange.id, method,
-                            type(error).__name__, attempt + 1, delay)
+                log.warning(
+                    "%s.%s: %s; retry %d in %.1fs", self.exchange.id, method, type(error).__name__, attempt + 1, delay
+                )
                 time.sleep(delay)
             except ccxt.BaseError as error:
-                raise ExchangeConfigError(f"{self.exchange.id}.{method}: "
-                                          f"{redact(str(error), self.credentials)}") from None
+                raise ExchangeConfigError(
+                    f"{self.exchange.id}.{method}: {redact(str(error), self.credentials)}"
+                ) from None
 
     def check(self, symbol: str, timeframe: str) -> None:
         markets = self.call("load_markets")
         if symbol not in markets:
             shown = ", ".join(sorted(markets)[:30])
-            raise ExchangeConfigError(f"{self.exchange.id} has no symbol {symbol!r} (data.symbol); "
-                                      f"{len(markets)} markets, e.g. {shown}")
+            raise ExchangeConfigError(
+                f"{self.exchange.id} has no symbol {symbol!r} (data.symbol); {len(markets)} markets, e.g. {shown}"
+            )
         timeframes = self.exchange.timeframes or {}
         if timeframe not in timeframes:
-            raise ExchangeConfigError(f"{self.exchange.id} has no timeframe {timeframe!r} "
-                                      f"(data.timeframe); valid: {', '.join(timeframes)}")
+            raise ExchangeConfigError(
+                f"{self.exchange.id} has no timeframe {timeframe!r} (data.timeframe); valid: {', '.join(timeframes)}"
+            )
 
-    def fetch(self, symbol: str, timeframe: str, start: pd.Timestamp, end: pd.Timestamp,
-              limit: int) -> pd.DataFrame:
+    def fetch(self, symbol: str, timeframe: str, start: pd.Timestamp, end: pd.Timestamp, limit: int) -> pd.DataFrame:
         """Bars with open time in [start, end), paginating by ``since`` until covered; raises
         ``DataValidationError`` naming the part of the range the exchange did not return."""
         step = bar_delta(timeframe)
@@ -124,7 +136,8 @@ class ExchangeClient:
                     f"{self.exchange.id} {symbol} {timeframe}: no bars returned for "
                     f"[{missing_from}, {missing_to}) of the requested [{start}, {end}) (an empty "
                     "page ended the download). Fix: narrow data.start/data.end to the range the "
-                    "exchange has, or retry later")
+                    "exchange has, or retry later"
+                )
         return bars
 
 
@@ -135,19 +148,28 @@ def bars_from_rows(rows: list) -> pd.DataFrame:
     return pd.DataFrame(array[:, 1:], index=index, columns=OHLCV)
 
 
-def closed_end(start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta,
-               now: pd.Timestamp) -> pd.Timestamp:
+def closed_end(start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta, now: pd.Timestamp) -> pd.Timestamp:
     """``end`` clamped so that every bar in [start, end) has closed by ``now`` (bars on start's
     grid; the bar that opened at or after now - step is still forming)."""
     last_open = start + ((now - step - start) // step) * step
     return min(end, last_open + step)
 
 
-def load_exchange_ohlcv(exchange: str, symbol: str, timeframe: str, start: str, end: str,
-                        cache_dir: str = "data/raw", limit: int = 1000, on_invalid: str = "fail",
-                        base_url: str | None = None, options: dict | None = None,
-                        max_retries: int = 5, backoff_seconds: float = 1.0,
-                        now: pd.Timestamp | None = None) -> pd.DataFrame:
+def load_exchange_ohlcv(
+    exchange: str,
+    symbol: str,
+    timeframe: str,
+    start: str,
+    end: str,
+    cache_dir: str = "data/raw",
+    limit: int = 1000,
+    on_invalid: str = "fail",
+    base_url: str | None = None,
+    options: dict | None = None,
+    max_retries: int = 5,
+    backoff_seconds: float = 1.0,
+    now: pd.Timestamp | None = None,
+) -> pd.DataFrame:
     """Closed bars of [start, end) from the cache, fetching only what it lacks; ``now`` (default
     the clock) decides which bars have closed."""
     start_ts, requested_end = pd.Timestamp(start, tz="UTC"), pd.Timestamp(end, tz="UTC")
@@ -156,11 +178,12 @@ def load_exchange_ohlcv(exchange: str, symbol: str, timeframe: str, start: str, 
     step = bar_delta(timeframe)
     end_ts = closed_end(start_ts, requested_end, step, now or pd.Timestamp.now(tz="UTC"))
     if end_ts <= start_ts:
-        raise DataValidationError(f"{exchange} {symbol} {timeframe}: no bar of [{start}, {end}) "
-                                  "has closed yet. Fix: move data.start into the past")
+        raise DataValidationError(
+            f"{exchange} {symbol} {timeframe}: no bar of [{start}, {end}) "
+            "has closed yet. Fix: move data.start into the past"
+        )
     if end_ts < requested_end:
-        log.info("data.end=%s is not closed yet: bars up to %s (exclusive), the last closed one",
-                 end, end_ts)
+        log.info("data.end=%s is not closed yet: bars up to %s (exclusive), the last closed one", end, end_ts)
     path = cache_path(cache_dir, exchange, symbol, timeframe)
     cached = read_cache(path)
     missing = _missing_ranges(cached, start_ts, end_ts, step)
@@ -172,8 +195,9 @@ def load_exchange_ohlcv(exchange: str, symbol: str, timeframe: str, start: str, 
         parts = [part for part in [cached, *fetched] if part is not None and len(part)]
         merged = pd.concat(sorted(parts, key=lambda part: part.index.min()))  # head, cache, tail
         # what this fetch returned is checked (fail names a duplicate), then cached as returned
-        fetch_quality = check_bars(merged, timeframe, on_invalid,
-                                   source=f"{exchange} {symbol} {timeframe}").attrs["data_quality"]
+        fetch_quality = check_bars(merged, timeframe, on_invalid, source=f"{exchange} {symbol} {timeframe}").attrs[
+            "data_quality"
+        ]
         cached = merged[~merged.index.duplicated(keep="last")].sort_index()
         write_parquet(validate_ohlcv(cached, source=str(path)), path)
     window = cached.loc[(cached.index >= start_ts) & (cached.index < end_ts)]
@@ -183,8 +207,9 @@ def load_exchange_ohlcv(exchange: str, symbol: str, timeframe: str, start: str, 
     return validate_ohlcv(out, source=str(path))
 
 
-def _missing_ranges(cached: pd.DataFrame | None, start: pd.Timestamp, end: pd.Timestamp,
-                    step: pd.Timedelta) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+def _missing_ranges(
+    cached: pd.DataFrame | None, start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta
+) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
     """[start, end) minus the cache's span, as at most two ranges (head, tail)."""
     if cached is None or cached.empty:
         return [(start, end)]
@@ -200,6 +225,16 @@ def _missing_ranges(cached: pd.DataFrame | None, start: pd.Timestamp, end: pd.Ti
 @register("data", "ccxt")
 def load_ccxt(cfg) -> pd.DataFrame:
     return load_exchange_ohlcv(
-        cfg.exchange, cfg.symbol, cfg.timeframe, cfg.start, cfg.end, cfg.cache_dir, cfg.limit,
-        cfg.on_invalid, cfg.base_url, OmegaConf.to_container(cfg.options or {}, resolve=True),
-        cfg.max_retries, cfg.backoff_seconds)
+        cfg.exchange,
+        cfg.symbol,
+        cfg.timeframe,
+        cfg.start,
+        cfg.end,
+        cfg.cache_dir,
+        cfg.limit,
+        cfg.on_invalid,
+        cfg.base_url,
+        OmegaConf.to_container(cfg.options or {}, resolve=True),
+        cfg.max_retries,
+        cfg.backoff_seconds,
+    )

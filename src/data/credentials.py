@@ -1,4 +1,5 @@
 """Exchange credentials from the environment or ``.env``: never logged, never in a config."""
+
 import os
 from pathlib import Path
 

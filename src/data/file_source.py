@@ -4,6 +4,7 @@ Timestamps: a column (``data.timestamp_column``, else the first of timestamp/tim
 open_time, else the first column) or a DatetimeIndex; ISO-8601 or epoch seconds/milliseconds;
 naive stamps are taken as UTC. OHLCV columns in any case, with or without the ``$`` prefix.
 """
+
 import importlib.resources
 from pathlib import Path
 
@@ -38,14 +39,16 @@ def _timestamps(raw: pd.DataFrame, path: Path, column: str | None) -> pd.Datetim
         return _parse_timestamps(raw.index, path, "index")
     by_name = {c.lower(): c for c in map(str, raw.columns)}
     if column is not None and column.lower() not in by_name:
-        raise DataValidationError(f"{path}: no timestamp column {column!r}; columns are "
-                                  f"{list(raw.columns)}. Fix: set data.timestamp_column.")
+        raise DataValidationError(
+            f"{path}: no timestamp column {column!r}; columns are {list(raw.columns)}. Fix: set data.timestamp_column."
+        )
     name = column or next((by_name[n] for n in TIMESTAMP_NAMES if n in by_name), raw.columns[0])
     return _parse_timestamps(raw[by_name.get(str(name).lower(), name)], path, str(name))
 
 
-def read_ohlcv_file(path: str | Path, timestamp_column: str | None = None,
-                    timeframe: str | None = None, on_invalid: str = "fail") -> pd.DataFrame:
+def read_ohlcv_file(
+    path: str | Path, timestamp_column: str | None = None, timeframe: str | None = None, on_invalid: str = "fail"
+) -> pd.DataFrame:
     """$-prefixed OHLCV on a UTC index from ``path`` (.csv or .parquet).
 
     Unsorted or duplicate bars (and, with ``timeframe``, gaps) fail or are repaired per
@@ -57,10 +60,13 @@ def read_ohlcv_file(path: str | Path, timestamp_column: str | None = None,
     by_name = {str(c).lower().lstrip("$"): c for c in raw.columns}
     missing = [c for c in OHLCV if c.lstrip("$") not in by_name]
     if missing:
-        raise DataValidationError(f"{path}: missing column(s) {missing} (have {list(raw.columns)}). "
-                                  "Fix: add them to the file.")
-    df = pd.DataFrame({c: raw[by_name[c.lstrip("$")]].to_numpy(dtype=float) for c in OHLCV},
-                      index=_timestamps(raw, path, timestamp_column).rename(None))
+        raise DataValidationError(
+            f"{path}: missing column(s) {missing} (have {list(raw.columns)}). Fix: add them to the file."
+        )
+    df = pd.DataFrame(
+        {c: raw[by_name[c.lstrip("$")]].to_numpy(dtype=float) for c in OHLCV},
+        index=_timestamps(raw, path, timestamp_column).rename(None),
+    )
     return validate_ohlcv(check_bars(df, timeframe, on_invalid, source=str(path)), source=str(path))
 
 
@@ -75,7 +81,8 @@ def load_sample(cfg) -> pd.DataFrame:
     try:
         folder = importlib.resources.files("backtesting") / "test"
     except ModuleNotFoundError:
-        raise ModuleNotFoundError("data=sample_* needs the `backtesting` package: "
-                                  "pip install -e '.[dev]' (make setup does)") from None
+        raise ModuleNotFoundError(
+            "data=sample_* needs the `backtesting` package: pip install -e '.[dev]' (make setup does)"
+        ) from None
     with importlib.resources.as_file(folder / cfg.file) as path:
         return read_ohlcv_file(path, None, cfg.timeframe, cfg.on_invalid)

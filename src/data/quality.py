@@ -6,6 +6,7 @@ with zero volume, marked ``@filled = 1`` (an @-column: a per-bar input never obs
 The counts land in ``df.attrs["data_quality"]``. Sources repair after loading, every time: a raw
 cache holds only what the exchange returned.
 """
+
 import numpy as np
 import pandas as pd
 
@@ -39,8 +40,7 @@ def check_bars(df: pd.DataFrame, timeframe: str | None, on_invalid: str, source:
         expected = pd.date_range(ordered.index[0], ordered.index[-1], freq=bar_delta(timeframe))
     missing = expected.difference(ordered.index)
     off_grid = ordered.index.difference(expected)
-    counts = {"unsorted": unsorted, "duplicates": duplicates, "gaps": len(missing),
-              "off_grid": len(off_grid)}
+    counts = {"unsorted": unsorted, "duplicates": duplicates, "gaps": len(missing), "off_grid": len(off_grid)}
     if on_invalid == "fail":
         problems = [
             (unsorted, lambda: _first(np.diff(stamps.asi8) < 0, stamps, 1), "timestamps not increasing"),
@@ -53,7 +53,8 @@ def check_bars(df: pd.DataFrame, timeframe: str | None, on_invalid: str, source:
                 raise DataValidationError(
                     f"{source}: {what} at {where()} (the timestamp index; {count} such rows). "
                     "Fix: clean the data, or set data.on_invalid=repair to sort, de-duplicate "
-                    "and forward-fill gaps")
+                    "and forward-fill gaps"
+                )
         out = ordered
     else:
         out = _fill_gaps(ordered[~ordered.index.isin(off_grid)], expected)

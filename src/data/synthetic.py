@@ -1,4 +1,5 @@
 """A seeded synthetic OHLCV market: Markov trend/volatility regimes, Student-t returns, volume."""
+
 import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
@@ -53,9 +54,7 @@ def synthetic_ohlcv(
     low = np.minimum(open_, close) * np.exp(-wick[1])
     volume = rng.lognormal(10.0, 0.3, n_bars) * (1.0 + 50.0 * np.abs(log_returns))
     index = pd.date_range(start=start, periods=n_bars, freq=freq.replace("m", "min"), tz="UTC")
-    df = pd.DataFrame(
-        {"$open": open_, "$high": high, "$low": low, "$close": close, "$volume": volume}, index=index
-    )
+    df = pd.DataFrame({"$open": open_, "$high": high, "$low": low, "$close": close, "$volume": volume}, index=index)
     return validate_ohlcv(df, source="synthetic market")
 
 

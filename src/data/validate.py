@@ -1,4 +1,5 @@
 """Reject OHLCV data that would make a backtest dishonest, naming the row and column at fault."""
+
 import numpy as np
 import pandas as pd
 

@@ -1,4 +1,5 @@
 """Action spaces: what an agent's action means as a target position (fraction of equity)."""
+
 import numpy as np
 import torch
 from torchrl.data import Bounded, Categorical, TensorSpec

@@ -6,6 +6,7 @@ single-agent PPO policy: ``path``, plus any ``conf/agent/ppo.yaml`` setting it w
 e.g. ``hidden_sizes``). Null: ``env.num_agents`` learners named ``agent_0`` .. ``agent_{K-1}``.
 A fixed strategy decides at each market's bar t from bars up to t, like any agent.
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +56,9 @@ class Crossover(FixedStrategy):
     def __init__(self, actions, df: pd.DataFrame, fast: int, slow: int):
         from src.agents.baselines import SmaCross  # agents build on envs, not the other way
 
-        self.by_bar = np.asarray(actions.to_targets(SmaCross(actions, fast, slow).signals(df)),
-                                 dtype=np.float64).reshape(-1)
+        self.by_bar = np.asarray(
+            actions.to_targets(SmaCross(actions, fast, slow).signals(df)), dtype=np.float64
+        ).reshape(-1)
 
     def targets(self, market, k):
         return self.by_bar[market.t]
@@ -71,8 +73,9 @@ class SavedPolicy(FixedStrategy):
         path = Path(entry.path)
         if not path.is_file():
             raise FileNotFoundError(f"env.agents: {entry.name}: checkpoint {path} does not exist")
-        agent_cfg = OmegaConf.merge(OmegaConf.load(PPO_CONFIG),
-                                    {k: v for k, v in entry.items() if k not in ("name", "role", "path")})
+        agent_cfg = OmegaConf.merge(
+            OmegaConf.load(PPO_CONFIG), {k: v for k, v in entry.items() if k not in ("name", "role", "path")}
+        )
         single = OmegaConf.merge(cfg_env, {"name": "vectorized"})
         env = registry.build("env", single, df, seed=0, num_envs=1)
         self.agent = registry.build("agent", agent_cfg, env, seed=0)
@@ -80,8 +83,10 @@ class SavedPolicy(FixedStrategy):
         try:
             self.agent.actor.load_state_dict(state["actor"])
         except RuntimeError as error:
-            raise ConfigError(f"env.agents: {entry.name}: {path} does not fit this market's window, "
-                              f"features or network settings: {str(error).splitlines()[0]}") from None
+            raise ConfigError(
+                f"env.agents: {entry.name}: {path} does not fit this market's window, "
+                f"features or network settings: {str(error).splitlines()[0]}"
+            ) from None
         self.actions = env.actions
 
     def targets(self, market, k):

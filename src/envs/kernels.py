@@ -25,6 +25,7 @@ Rewards (``reward_kind``): 0 log return of equity; 1 differential Sharpe ratio (
 1998) with EMA rate ``reward_param``; 2 log return minus ``reward_param`` x the increase of the
 drawdown from the episode's equity peak.
 """
+
 import numpy as np
 from numba import njit, prange
 
@@ -35,9 +36,28 @@ LOG_RETURN, DIFFERENTIAL_SHARPE, DRAWDOWN_PENALTY = 0, 1, 2
 # slippage scales
 OPEN, HIGH, LOW, CLOSE, VOLUME, SIZE, SHORT_SIZE, STOP_UNIT, FEE_SCALE, SLIPPAGE_SCALE = range(10)
 # entries of ``rules`` (float64 vector, see src/envs/market.py: MarketRules.vector)
-(FEE, SLIPPAGE, IMPACT, MAX_PARTICIPATION, CARRY, EPISODE_LENGTH, EQUITY_FLOOR, REBALANCE,
- REWARD_KIND, REWARD_PARAM, MAX_LEVERAGE, STOP_LOSS, TAKE_PROFIT, TRAILING, BORROW, FUNDING,
- DRAWDOWN_LIMIT, PAUSE_BARS, CAPITAL, REENTER) = range(20)
+(
+    FEE,
+    SLIPPAGE,
+    IMPACT,
+    MAX_PARTICIPATION,
+    CARRY,
+    EPISODE_LENGTH,
+    EQUITY_FLOOR,
+    REBALANCE,
+    REWARD_KIND,
+    REWARD_PARAM,
+    MAX_LEVERAGE,
+    STOP_LOSS,
+    TAKE_PROFIT,
+    TRAILING,
+    BORROW,
+    FUNDING,
+    DRAWDOWN_LIMIT,
+    PAUSE_BARS,
+    CAPITAL,
+    REENTER,
+) = range(20)
 N_RULES = 20
 REENTER_NEXT_BAR, REENTER_SIGNAL = 0, 1
 # columns of the per-env ``risk`` state (N, 8): distances are fractions of the entry price;
@@ -45,8 +65,7 @@ REENTER_NEXT_BAR, REENTER_SIGNAL = 0, 1
 ENTRY, EXTREME, STOP_DIST, TAKE_DIST, TRAIL_DIST, PAUSE_LEFT, BREAKER_PEAK, STOPPED = range(8)
 N_RISK = 8
 # columns of ``fills`` (N, 9), this step's executions (PARTIAL: the order hit the volume cap)
-(ENTRY_PRICE, ENTRY_UNITS, ENTRY_FEE, EXIT_PRICE, EXIT_UNITS, EXIT_FEE, EXIT_REASON, FINANCING,
- PARTIAL) = range(9)
+(ENTRY_PRICE, ENTRY_UNITS, ENTRY_FEE, EXIT_PRICE, EXIT_UNITS, EXIT_FEE, EXIT_REASON, FINANCING, PARTIAL) = range(9)
 NO_EXIT, STOP_EXIT, TAKE_EXIT, TRAIL_EXIT, END_EXIT = 0, 1, 2, 3, 4
 
 
@@ -75,8 +94,7 @@ def _write_obs(i, t, features, window, units, close, equity, obs, account):
 
 
 @njit(cache=True, error_model="numpy")
-def _reset_env(i, start, bars, features, window, t, cash, units, requested, equity, steps, stats,
-               risk, obs, account):
+def _reset_env(i, start, bars, features, window, t, cash, units, requested, equity, steps, stats, risk, obs, account):
     """Env i starts at bar ``start`` with all cash (1.0), no position and fresh statistics."""
     t[i] = start
     cash[i] = 1.0
@@ -99,13 +117,29 @@ def _draw_start(rng_state, i, low, high):
 
 
 @njit(cache=True, error_model="numpy")
-def reset_envs(mask, starts, bars, features, window, t, cash, units, requested, equity, steps, stats,
-               risk, obs, account):
+def reset_envs(
+    mask, starts, bars, features, window, t, cash, units, requested, equity, steps, stats, risk, obs, account
+):
     """Reset every env with ``mask[i]`` at bar ``starts[i]``."""
     for i in range(mask.shape[0]):
         if mask[i]:
-            _reset_env(i, starts[i], bars, features, window, t, cash, units, requested, equity,
-                       steps, stats, risk, obs, account)
+            _reset_env(
+                i,
+                starts[i],
+                bars,
+                features,
+                window,
+                t,
+                cash,
+                units,
+                requested,
+                equity,
+                steps,
+                stats,
+                risk,
+                obs,
+                account,
+            )
 
 
 @njit(cache=True, error_model="numpy")
@@ -127,7 +161,7 @@ def _reward(kind, param, previous_equity, new_equity, stats, i):
         variance = b - a * a
         stats[i, 1] = a + param * delta_a
         stats[i, 2] = b + param * delta_b
-        return (b * delta_a - 0.5 * a * delta_b) / variance ** 1.5 if variance > 1e-12 else 0.0
+        return (b * delta_a - 0.5 * a * delta_b) / variance**1.5 if variance > 1e-12 else 0.0
     if kind == DRAWDOWN_PENALTY:
         peak = stats[i, 0]
         before = 1.0 - previous_equity / peak
@@ -156,6 +190,16 @@ def _fill(rules, units_traded, base_price, last_volume, slippage_scale, fee_scal
     slip = _slippage(rules, units_traded, last_volume, slippage_scale)
     price = base_price * (1.0 + slip * np.sign(units_traded))
     return price, abs(units_traded) * price * rules[FEE] * fee_scale
+
+
+@njit(cache=True, error_model="numpy")
+def _execute(i, rules, units_traded, base_price, last_volume, slippage_scale, fee_scale, cash, units):
+    """Fill env i's order of ``units_traded`` at ``base_price`` (``_fill``) and book it: cash
+    pays notional and fee, units change. Every execution (entry, stop exit, final close) is this."""
+    price, fee = _fill(rules, units_traded, base_price, last_volume, slippage_scale, fee_scale)
+    cash[i] -= units_traded * price + fee
+    units[i] += units_traded
+    return price, fee
 
 
 @njit(cache=True, error_model="numpy")
@@ -217,9 +261,32 @@ def _sized_target(i, target, bars, t, rules, risk):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _step_env(i, targets, bars, features, window, rules, auto_reset, rng_state, start_low, start_high,
-              t, cash, units, requested, equity, steps, stats, risk, obs, account, reward,
-              terminated, truncated, fills):
+def _step_env(
+    i,
+    targets,
+    bars,
+    features,
+    window,
+    rules,
+    auto_reset,
+    rng_state,
+    start_low,
+    start_high,
+    t,
+    cash,
+    units,
+    requested,
+    equity,
+    steps,
+    stats,
+    risk,
+    obs,
+    account,
+    reward,
+    terminated,
+    truncated,
+    fills,
+):
     """Advance env i one bar (see ``step_envs``)."""
     last_bar = bars.shape[0] - 1
     now, nxt = t[i], t[i] + 1
@@ -234,17 +301,14 @@ def _step_env(i, targets, bars, features, window, rules, auto_reset, rng_state, 
         target = 0.0
     sized = _sized_target(i, target, bars, now, rules, risk)
     if abs(sized - requested[i]) > rules[REBALANCE] or (sized == 0.0 and units[i] != 0.0):
-        traded = _order_units(rules, sized, units[i], cash[i] + units[i] * o, o, last_volume,
-                              slip_scale, fee_scale)
+        traded = _order_units(rules, sized, units[i], cash[i] + units[i] * o, o, last_volume, slip_scale, fee_scale)
         cap = rules[MAX_PARTICIPATION] * last_volume / rules[CAPITAL]
         partial = rules[MAX_PARTICIPATION] > 0 and abs(traded) > cap
         if partial:
             traded = np.sign(traded) * cap
         if traded != 0.0:
             before = units[i]
-            price, fee = _fill(rules, traded, o, last_volume, slip_scale, fee_scale)
-            cash[i] -= traded * price + fee
-            units[i] += traded
+            price, fee = _execute(i, rules, traded, o, last_volume, slip_scale, fee_scale, cash, units)
             fills[i, ENTRY_PRICE], fills[i, ENTRY_UNITS], fills[i, ENTRY_FEE] = price, traded, fee
             fills[i, PARTIAL] = 1.0 if partial else 0.0
             if units[i] != 0.0 and (before == 0.0 or np.sign(before) != np.sign(units[i])):
@@ -260,9 +324,7 @@ def _step_env(i, targets, bars, features, window, rules, auto_reset, rng_state, 
         exit_price, reason = _stop_exit(units[i], risk[i], o, h, l, entered)
         if reason != NO_EXIT:
             traded = -units[i]
-            price, fee = _fill(rules, traded, exit_price, last_volume, slip_scale, fee_scale)
-            cash[i] -= traded * price + fee
-            units[i] = 0.0
+            price, fee = _execute(i, rules, traded, exit_price, last_volume, slip_scale, fee_scale, cash, units)
             requested[i] = 0.0  # the account is flat: an unchanged target asks to re-enter
             if rules[REENTER] == REENTER_SIGNAL:
                 risk[i, STOPPED] = -np.sign(traded)
@@ -281,21 +343,57 @@ def _step_env(i, targets, bars, features, window, rules, auto_reset, rng_state, 
         if equity[i] < risk[i, BREAKER_PEAK] * (1.0 - rules[DRAWDOWN_LIMIT]):
             risk[i, PAUSE_LEFT] = max(rules[PAUSE_BARS], 1.0)
             risk[i, BREAKER_PEAK] = equity[i]
-    reward[i] = _reward(int(rules[REWARD_KIND]), rules[REWARD_PARAM], previous_equity,
-                        equity[i], stats, i)
+    reward[i] = _reward(int(rules[REWARD_KIND]), rules[REWARD_PARAM], previous_equity, equity[i], stats, i)
     terminated[i] = equity[i] < rules[EQUITY_FLOOR]
     truncated[i] = (steps[i] >= rules[EPISODE_LENGTH] or nxt >= last_bar) and not terminated[i]
     if auto_reset and (terminated[i] or truncated[i]):
-        _reset_env(i, _draw_start(rng_state, i, start_low, start_high), bars, features,
-                   window, t, cash, units, requested, equity, steps, stats, risk, obs, account)
+        _reset_env(
+            i,
+            _draw_start(rng_state, i, start_low, start_high),
+            bars,
+            features,
+            window,
+            t,
+            cash,
+            units,
+            requested,
+            equity,
+            steps,
+            stats,
+            risk,
+            obs,
+            account,
+        )
     else:
         _write_obs(i, nxt, features, window, units, c, equity, obs, account)
 
 
 @njit(cache=True, error_model="numpy")
-def step_envs(targets, bars, features, window, rules, auto_reset, rng_state, start_low, start_high,
-              t, cash, units, requested, equity, steps, stats, risk, obs, account, reward,
-              terminated, truncated, fills):
+def step_envs(
+    targets,
+    bars,
+    features,
+    window,
+    rules,
+    auto_reset,
+    rng_state,
+    start_low,
+    start_high,
+    t,
+    cash,
+    units,
+    requested,
+    equity,
+    steps,
+    stats,
+    risk,
+    obs,
+    account,
+    reward,
+    terminated,
+    truncated,
+    fills,
+):
     """Advance every env one bar towards its target position (fraction of equity, before sizing).
 
     ``requested`` holds each env's last requested sized target; a sized target within
@@ -306,21 +404,89 @@ def step_envs(targets, bars, features, window, rules, auto_reset, rng_state, sta
     the caller must reset finished envs before stepping them again.
     """
     for i in range(targets.shape[0]):
-        _step_env(i, targets, bars, features, window, rules, auto_reset, rng_state, start_low,
-                  start_high, t, cash, units, requested, equity, steps, stats, risk, obs, account,
-                  reward, terminated, truncated, fills)
+        _step_env(
+            i,
+            targets,
+            bars,
+            features,
+            window,
+            rules,
+            auto_reset,
+            rng_state,
+            start_low,
+            start_high,
+            t,
+            cash,
+            units,
+            requested,
+            equity,
+            steps,
+            stats,
+            risk,
+            obs,
+            account,
+            reward,
+            terminated,
+            truncated,
+            fills,
+        )
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def step_envs_parallel(targets, bars, features, window, rules, auto_reset, rng_state, start_low,
-                       start_high, t, cash, units, requested, equity, steps, stats, risk, obs,
-                       account, reward, terminated, truncated, fills):
+def step_envs_parallel(
+    targets,
+    bars,
+    features,
+    window,
+    rules,
+    auto_reset,
+    rng_state,
+    start_low,
+    start_high,
+    t,
+    cash,
+    units,
+    requested,
+    equity,
+    steps,
+    stats,
+    risk,
+    obs,
+    account,
+    reward,
+    terminated,
+    truncated,
+    fills,
+):
     """``step_envs`` with the envs spread over numba's threads (``numba.set_num_threads``). Envs
     share no state, so the result is bit-identical for any thread count."""
     for i in prange(targets.shape[0]):
-        _step_env(i, targets, bars, features, window, rules, auto_reset, rng_state, start_low,
-                  start_high, t, cash, units, requested, equity, steps, stats, risk, obs, account,
-                  reward, terminated, truncated, fills)
+        _step_env(
+            i,
+            targets,
+            bars,
+            features,
+            window,
+            rules,
+            auto_reset,
+            rng_state,
+            start_low,
+            start_high,
+            t,
+            cash,
+            units,
+            requested,
+            equity,
+            steps,
+            stats,
+            risk,
+            obs,
+            account,
+            reward,
+            terminated,
+            truncated,
+            fills,
+        )
 
 
 @njit(cache=True, error_model="numpy")
@@ -334,10 +500,17 @@ def close_positions(bars, rules, t, cash, units, requested, equity, fills):
             continue
         now = t[i]
         traded = -units[i]
-        price, fee = _fill(rules, traded, bars[now, CLOSE], bars[now, VOLUME],
-                           bars[now, SLIPPAGE_SCALE], bars[now, FEE_SCALE])
-        cash[i] -= traded * price + fee
-        units[i] = 0.0
+        price, fee = _execute(
+            i,
+            rules,
+            traded,
+            bars[now, CLOSE],
+            bars[now, VOLUME],
+            bars[now, SLIPPAGE_SCALE],
+            bars[now, FEE_SCALE],
+            cash,
+            units,
+        )
         requested[i] = 0.0
         equity[i] = cash[i]
         fills[i, EXIT_PRICE], fills[i, EXIT_UNITS], fills[i, EXIT_FEE] = price, traded, fee

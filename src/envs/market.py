@@ -3,21 +3,30 @@
 Training (through the TorchRL wrapper) and the backtest both drive this class with the same
 ``MarketRules``, so a policy is trained under the costs and risk rules it is judged by.
 """
+
 from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
 
-from src.data.validate import OHLCV
 from src.config_checks import ConfigError
+from src.data.validate import OHLCV
 from src.envs import kernels
 
-REWARDS = {"log_return": kernels.LOG_RETURN, "differential_sharpe": kernels.DIFFERENTIAL_SHARPE,
-           "drawdown_penalty": kernels.DRAWDOWN_PENALTY}
+REWARDS = {
+    "log_return": kernels.LOG_RETURN,
+    "differential_sharpe": kernels.DIFFERENTIAL_SHARPE,
+    "drawdown_penalty": kernels.DRAWDOWN_PENALTY,
+}
 # per-bar inputs of the kernel, never observed: size multipliers of long and short targets, stop
 # unit, fee and slippage multipliers
 SIZE_COLUMN, SHORT_SIZE_COLUMN, STOP_UNIT_COLUMN, FEE_SCALE_COLUMN, SLIPPAGE_SCALE_COLUMN = (
-    "@size", "@short_size", "@stop_unit", "@fee_scale", "@slippage_scale")
+    "@size",
+    "@short_size",
+    "@stop_unit",
+    "@fee_scale",
+    "@slippage_scale",
+)
 PARALLEL_MIN_ENVS = 16  # from this many envs a step is spread over numba's threads
 REENTER = {"next_bar": kernels.REENTER_NEXT_BAR, "signal": kernels.REENTER_SIGNAL}
 
@@ -26,26 +35,26 @@ REENTER = {"next_bar": kernels.REENTER_NEXT_BAR, "signal": kernels.REENTER_SIGNA
 class MarketRules:
     """How the kernel trades, charges and rewards (units in each field's comment)."""
 
-    transaction_fee: float = 0.001    # fraction of traded notional
-    slippage_bps: float = 0.0         # fixed, basis points against the trade
-    impact: float = 0.0               # extra slippage fraction x sqrt(order units / last bar volume)
-    max_participation: float = 0.0    # fill at most this fraction of the last closed bar's volume (0 = off)
-    carry_unfilled: bool = True       # an unfilled remainder keeps trying next bar (else dropped)
-    episode_length: int = 512         # bars per episode
-    equity_floor: float = 0.0         # fraction of starting equity that ends an episode
+    transaction_fee: float = 0.001  # fraction of traded notional
+    slippage_bps: float = 0.0  # fixed, basis points against the trade
+    impact: float = 0.0  # extra slippage fraction x sqrt(order units / last bar volume)
+    max_participation: float = 0.0  # fill at most this fraction of the last closed bar's volume (0 = off)
+    carry_unfilled: bool = True  # an unfilled remainder keeps trying next bar (else dropped)
+    episode_length: int = 512  # bars per episode
+    equity_floor: float = 0.0  # fraction of starting equity that ends an episode
     rebalance_threshold: float = 0.0  # |sized target - last requested| at or below this trades nothing
-    reward: str = "log_return"        # a key of REWARDS
-    reward_param: float = 0.0         # EMA rate (differential_sharpe) or penalty (drawdown_penalty)
-    max_leverage: float = 1.0         # cap on |position| / equity after sizing
-    stop_loss: float = 0.0            # exit when price moves this far against the entry (0 = off)
-    take_profit: float = 0.0          # exit when price moves this far in favour (0 = off)
-    trailing_stop: float = 0.0        # exit this far from the best price since entry (0 = off)
-    borrow_per_bar: float = 0.0       # fraction of short notional charged each bar
-    funding_per_bar: float = 0.0      # fraction of borrowed cash (negative cash) charged each bar
-    drawdown_limit: float = 0.0       # flatten and pause beyond this drawdown from the peak (0 = off)
-    pause_bars: int = 0               # bars the breaker keeps the account flat
-    capital: float = 1.0              # quote currency per unit of account equity (volume checks)
-    reenter: str = "next_bar"         # after a stop: next_bar | signal (see src/envs/kernels.py)
+    reward: str = "log_return"  # a key of REWARDS
+    reward_param: float = 0.0  # EMA rate (differential_sharpe) or penalty (drawdown_penalty)
+    max_leverage: float = 1.0  # cap on |position| / equity after sizing
+    stop_loss: float = 0.0  # exit when price moves this far against the entry (0 = off)
+    take_profit: float = 0.0  # exit when price moves this far in favour (0 = off)
+    trailing_stop: float = 0.0  # exit this far from the best price since entry (0 = off)
+    borrow_per_bar: float = 0.0  # fraction of short notional charged each bar
+    funding_per_bar: float = 0.0  # fraction of borrowed cash (negative cash) charged each bar
+    drawdown_limit: float = 0.0  # flatten and pause beyond this drawdown from the peak (0 = off)
+    pause_bars: int = 0  # bars the breaker keeps the account flat
+    capital: float = 1.0  # quote currency per unit of account equity (volume checks)
+    reenter: str = "next_bar"  # after a stop: next_bar | signal (see src/envs/kernels.py)
 
     def __post_init__(self):
         if self.reward not in REWARDS:
@@ -55,12 +64,28 @@ class MarketRules:
 
     def vector(self) -> np.ndarray:
         """The rules in the kernel's order (src/envs/kernels.py: FEE ... PAUSE_BARS)."""
-        values = [self.transaction_fee, self.slippage_bps / 1e4, self.impact,
-                  self.max_participation, float(self.carry_unfilled), self.episode_length,
-                  self.equity_floor, self.rebalance_threshold, REWARDS[self.reward],
-                  self.reward_param, self.max_leverage, self.stop_loss, self.take_profit,
-                  self.trailing_stop, self.borrow_per_bar, self.funding_per_bar,
-                  self.drawdown_limit, self.pause_bars, self.capital, REENTER[self.reenter]]
+        values = [
+            self.transaction_fee,
+            self.slippage_bps / 1e4,
+            self.impact,
+            self.max_participation,
+            float(self.carry_unfilled),
+            self.episode_length,
+            self.equity_floor,
+            self.rebalance_threshold,
+            REWARDS[self.reward],
+            self.reward_param,
+            self.max_leverage,
+            self.stop_loss,
+            self.take_profit,
+            self.trailing_stop,
+            self.borrow_per_bar,
+            self.funding_per_bar,
+            self.drawdown_limit,
+            self.pause_bars,
+            self.capital,
+            REENTER[self.reenter],
+        ]
         assert len(values) == kernels.N_RULES == len(fields(self))
         return np.asarray(values, dtype=np.float64)
 
@@ -68,14 +93,20 @@ class MarketRules:
 def market_bars(df: pd.DataFrame) -> np.ndarray:
     """(T, 10) float64: open, high, low, close, volume, then the @-columns above (default 1;
     ``@short_size`` defaults to ``@size``)."""
+
     def column(name: str, default: np.ndarray) -> np.ndarray:
         return df[name].to_numpy(np.float64) if name in df else default
 
     ones = np.ones(len(df))
     size = column(SIZE_COLUMN, ones)
     columns = [df[c].to_numpy(np.float64) for c in OHLCV]
-    columns += [size, column(SHORT_SIZE_COLUMN, size), column(STOP_UNIT_COLUMN, ones),
-                column(FEE_SCALE_COLUMN, ones), column(SLIPPAGE_SCALE_COLUMN, ones)]
+    columns += [
+        size,
+        column(SHORT_SIZE_COLUMN, size),
+        column(STOP_UNIT_COLUMN, ones),
+        column(FEE_SCALE_COLUMN, ones),
+        column(SLIPPAGE_SCALE_COLUMN, ones),
+    ]
     return np.ascontiguousarray(np.stack(columns, axis=1))
 
 
@@ -90,11 +121,21 @@ class VectorMarket:
     observation buffers, overwritten in place by every step.
     """
 
-    def __init__(self, df: pd.DataFrame, feature_columns: list[str], num_envs: int,
-                 window_size: int, rules: MarketRules, seed: int = 0, auto_reset: bool = False):
+    def __init__(
+        self,
+        df: pd.DataFrame,
+        feature_columns: list[str],
+        num_envs: int,
+        window_size: int,
+        rules: MarketRules,
+        seed: int = 0,
+        auto_reset: bool = False,
+    ):
         if len(df) < window_size + 2:
-            raise ValueError(f"{len(df)} bars cannot fill a window of {window_size} plus one step; "
-                             "lower env.window_size or use more data")
+            raise ValueError(
+                f"{len(df)} bars cannot fill a window of {window_size} plus one step; "
+                "lower env.window_size or use more data"
+            )
         self.index = df.index
         self.bars = market_bars(df)
         self.features = np.ascontiguousarray(df[feature_columns].to_numpy(dtype=np.float32))
@@ -120,10 +161,6 @@ class VectorMarket:
     def n_bars(self) -> int:
         return len(self.bars)
 
-    @property
-    def close(self) -> np.ndarray:
-        return self.bars[:, kernels.CLOSE]
-
     def seed(self, seed: int) -> None:
         """One independent generator per env, derived from ``seed``."""
         words = np.random.SeedSequence(seed).generate_state(self.num_envs, dtype=np.uint64)
@@ -138,21 +175,71 @@ class VectorMarket:
             if not self.window - 1 <= start < self.n_bars - 1:
                 raise ValueError(f"start bar {start} outside [{self.window - 1}, {self.n_bars - 1})")
             self.starts[mask] = start
-        kernels.reset_envs(mask, self.starts, self.bars, self._flat_features, self.window, self.t,
-                           self.cash, self.units, self.requested, self.equity, self.steps, self.stats,
-                           self.risk, self._flat_obs, self.account)
+        kernels.reset_envs(
+            mask,
+            self.starts,
+            self.bars,
+            self._flat_features,
+            self.window,
+            self.t,
+            self.cash,
+            self.units,
+            self.requested,
+            self.equity,
+            self.steps,
+            self.stats,
+            self.risk,
+            self._flat_obs,
+            self.account,
+        )
 
     def step(self, targets: np.ndarray) -> None:
         """Move every env one bar towards ``targets`` (N,) float64, fractions of equity."""
         step = kernels.step_envs_parallel if self.num_envs >= PARALLEL_MIN_ENVS else kernels.step_envs
         step(
-            targets, self.bars, self._flat_features, self.window, self._rules, self.auto_reset,
-            self.rng_state, self.start_low, self.start_high, self.t, self.cash, self.units,
-            self.requested, self.equity, self.steps, self.stats, self.risk, self._flat_obs,
-            self.account, self.reward, self.terminated, self.truncated, self.fills)
+            targets,
+            self.bars,
+            self._flat_features,
+            self.window,
+            self._rules,
+            self.auto_reset,
+            self.rng_state,
+            self.start_low,
+            self.start_high,
+            self.t,
+            self.cash,
+            self.units,
+            self.requested,
+            self.equity,
+            self.steps,
+            self.stats,
+            self.risk,
+            self._flat_obs,
+            self.account,
+            self.reward,
+            self.terminated,
+            self.truncated,
+            self.fills,
+        )
 
-    STATE = ("t", "steps", "starts", "cash", "units", "requested", "equity", "stats", "fills",
-             "risk", "reward", "terminated", "truncated", "obs", "account", "rng_state")
+    STATE = (
+        "t",
+        "steps",
+        "starts",
+        "cash",
+        "units",
+        "requested",
+        "equity",
+        "stats",
+        "fills",
+        "risk",
+        "reward",
+        "terminated",
+        "truncated",
+        "obs",
+        "account",
+        "rng_state",
+    )
 
     def state(self) -> dict[str, np.ndarray]:
         """Copies of every array that evolves (a training checkpoint's env state)."""
@@ -166,5 +253,6 @@ class VectorMarket:
     def close_positions(self) -> None:
         """Close every open position at its current bar's close, charged like any exit (the end
         of a backtest); ``fills`` then holds the closing trades."""
-        kernels.close_positions(self.bars, self._rules, self.t, self.cash, self.units,
-                                self.requested, self.equity, self.fills)
+        kernels.close_positions(
+            self.bars, self._rules, self.t, self.cash, self.units, self.requested, self.equity, self.fills
+        )

@@ -28,6 +28,7 @@ impact (quote currency per unit of starting equity), ``traded`` (E*K,) this bar'
 observations ``obs`` (E, window * F) per market and ``account`` (E*K, 3) per agent (position
 fraction, log equity, last net flow).
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,8 +66,9 @@ def _write_account(j, units, price, equity, flow, account):
 
 
 @njit(cache=True, error_model="numpy")
-def _reset_market(e, start, K, bars, features, window, t, steps, level, flow, cash, units,
-                  requested, equity, stats, obs, account):
+def _reset_market(
+    e, start, K, bars, features, window, t, steps, level, flow, cash, units, requested, equity, stats, obs, account
+):
     t[e], steps[e], level[e], flow[e] = start, 0, 1.0, 0.0
     _write_market(e, start, features, window, obs)
     for k in range(K):
@@ -77,19 +79,65 @@ def _reset_market(e, start, K, bars, features, window, t, steps, level, flow, ca
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def reset_markets(mask, starts, K, bars, features, window, t, steps, level, flow, cash, units,
-                  requested, equity, stats, obs, account):
+def reset_markets(
+    mask, starts, K, bars, features, window, t, steps, level, flow, cash, units, requested, equity, stats, obs, account
+):
     """Reset every market with ``mask[e]`` at bar ``starts[e]``: level 1, all agents in cash."""
     for e in prange(mask.shape[0]):
         if mask[e]:
-            _reset_market(e, starts[e], K, bars, features, window, t, steps, level, flow, cash,
-                          units, requested, equity, stats, obs, account)
+            _reset_market(
+                e,
+                starts[e],
+                K,
+                bars,
+                features,
+                window,
+                t,
+                steps,
+                level,
+                flow,
+                cash,
+                units,
+                requested,
+                equity,
+                stats,
+                obs,
+                account,
+            )
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _step_market(e, targets, K, bars, features, window, rules, eta, gamma, auto_reset, rng_state,
-                 start_low, start_high, t, steps, level, flow, cash, units, requested, equity,
-                 stats, obs, account, reward, terminated, truncated, paid, traded):
+def _step_market(
+    e,
+    targets,
+    K,
+    bars,
+    features,
+    window,
+    rules,
+    eta,
+    gamma,
+    auto_reset,
+    rng_state,
+    start_low,
+    start_high,
+    t,
+    steps,
+    level,
+    flow,
+    cash,
+    units,
+    requested,
+    equity,
+    stats,
+    obs,
+    account,
+    reward,
+    terminated,
+    truncated,
+    paid,
+    traded,
+):
     """Advance market e one bar (see the module docstring for the order of events)."""
     last_bar = bars.shape[0] - 1
     now, nxt = t[e], t[e] + 1
@@ -106,8 +154,9 @@ def _step_market(e, targets, K, bars, features, window, rules, eta, gamma, auto_
         sized = min(max(target * size, -cap), cap)
         x = 0.0
         if abs(sized - requested[j]) > rules[kernels.REBALANCE] or (sized == 0.0 and units[j] != 0.0):
-            x = kernels._order_units(rules, sized, units[j], cash[j] + units[j] * o, o,
-                                     last_volume, slip_scale, fee_scale)
+            x = kernels._order_units(
+                rules, sized, units[j], cash[j] + units[j] * o, o, last_volume, slip_scale, fee_scale
+            )
             requested[j] = sized
         traded[j] = x
         net += x
@@ -135,15 +184,33 @@ def _step_market(e, targets, K, bars, features, window, rules, eta, gamma, auto_
         j = e * K + k
         previous = equity[j]
         equity[j] = cash[j] + units[j] * c
-        reward[j] = kernels._reward(int(rules[kernels.REWARD_KIND]), rules[kernels.REWARD_PARAM],
-                                    previous, equity[j], stats, j)
+        reward[j] = kernels._reward(
+            int(rules[kernels.REWARD_KIND]), rules[kernels.REWARD_PARAM], previous, equity[j], stats, j
+        )
         wiped = wiped or equity[j] < rules[kernels.EQUITY_FLOOR]
     terminated[e] = wiped
     truncated[e] = (steps[e] >= rules[kernels.EPISODE_LENGTH] or nxt >= last_bar) and not wiped
     if auto_reset and (terminated[e] or truncated[e]):
         start = kernels._draw_start(rng_state, e, start_low, start_high)
-        _reset_market(e, start, K, bars, features, window, t, steps, level, flow, cash, units,
-                      requested, equity, stats, obs, account)
+        _reset_market(
+            e,
+            start,
+            K,
+            bars,
+            features,
+            window,
+            t,
+            steps,
+            level,
+            flow,
+            cash,
+            units,
+            requested,
+            equity,
+            stats,
+            obs,
+            account,
+        )
     else:
         _write_market(e, nxt, features, window, obs)
         for k in range(K):
@@ -151,41 +218,170 @@ def _step_market(e, targets, K, bars, features, window, rules, eta, gamma, auto_
 
 
 @njit(cache=True, error_model="numpy")
-def step_markets(targets, K, bars, features, window, rules, eta, gamma, auto_reset, rng_state,
-                 start_low, start_high, t, steps, level, flow, cash, units, requested, equity,
-                 stats, obs, account, reward, terminated, truncated, paid, traded):
+def step_markets(
+    targets,
+    K,
+    bars,
+    features,
+    window,
+    rules,
+    eta,
+    gamma,
+    auto_reset,
+    rng_state,
+    start_low,
+    start_high,
+    t,
+    steps,
+    level,
+    flow,
+    cash,
+    units,
+    requested,
+    equity,
+    stats,
+    obs,
+    account,
+    reward,
+    terminated,
+    truncated,
+    paid,
+    traded,
+):
     """Advance every market one bar; ``targets`` (E*K,) fractions of equity.
     ``terminated``/``truncated`` are per market."""
     for e in range(t.shape[0]):
-        _step_market(e, targets, K, bars, features, window, rules, eta, gamma, auto_reset, rng_state,
-                     start_low, start_high, t, steps, level, flow, cash, units, requested, equity,
-                     stats, obs, account, reward, terminated, truncated, paid, traded)
+        _step_market(
+            e,
+            targets,
+            K,
+            bars,
+            features,
+            window,
+            rules,
+            eta,
+            gamma,
+            auto_reset,
+            rng_state,
+            start_low,
+            start_high,
+            t,
+            steps,
+            level,
+            flow,
+            cash,
+            units,
+            requested,
+            equity,
+            stats,
+            obs,
+            account,
+            reward,
+            terminated,
+            truncated,
+            paid,
+            traded,
+        )
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def step_markets_parallel(targets, K, bars, features, window, rules, eta, gamma, auto_reset, rng_state,
-                          start_low, start_high, t, steps, level, flow, cash, units, requested, equity,
-                          stats, obs, account, reward, terminated, truncated, paid, traded):
+def step_markets_parallel(
+    targets,
+    K,
+    bars,
+    features,
+    window,
+    rules,
+    eta,
+    gamma,
+    auto_reset,
+    rng_state,
+    start_low,
+    start_high,
+    t,
+    steps,
+    level,
+    flow,
+    cash,
+    units,
+    requested,
+    equity,
+    stats,
+    obs,
+    account,
+    reward,
+    terminated,
+    truncated,
+    paid,
+    traded,
+):
     """``step_markets`` with the markets spread over numba's threads (bit-identical)."""
     for e in prange(t.shape[0]):
-        _step_market(e, targets, K, bars, features, window, rules, eta, gamma, auto_reset, rng_state,
-                     start_low, start_high, t, steps, level, flow, cash, units, requested, equity,
-                     stats, obs, account, reward, terminated, truncated, paid, traded)
+        _step_market(
+            e,
+            targets,
+            K,
+            bars,
+            features,
+            window,
+            rules,
+            eta,
+            gamma,
+            auto_reset,
+            rng_state,
+            start_low,
+            start_high,
+            t,
+            steps,
+            level,
+            flow,
+            cash,
+            units,
+            requested,
+            equity,
+            stats,
+            obs,
+            account,
+            reward,
+            terminated,
+            truncated,
+            paid,
+            traded,
+        )
 
 
 class MultiMarket:
     """E markets of K agents each over ``df`` (OHLCV + ``feature_columns``); arrays as in the
     module docstring, ``obs`` viewed as (E, window, F) float32, ``account`` (E*K, 3) float32."""
 
-    def __init__(self, df: pd.DataFrame, feature_columns: list[str], num_markets: int, num_agents: int,
-                 window_size: int, rules: MarketRules, impact: Impact, seed: int = 0,
-                 auto_reset: bool = False):
+    def __init__(
+        self,
+        df: pd.DataFrame,
+        feature_columns: list[str],
+        num_markets: int,
+        num_agents: int,
+        window_size: int,
+        rules: MarketRules,
+        impact: Impact,
+        seed: int = 0,
+        auto_reset: bool = False,
+    ):
         if len(df) < window_size + 2:
             raise ValueError(f"{len(df)} bars cannot fill a window of {window_size} plus one step")
-        if rules.impact or rules.max_participation or rules.stop_loss or rules.take_profit or \
-                rules.trailing_stop or rules.drawdown_limit or rules.borrow_per_bar or rules.funding_per_bar:
-            raise ValueError("the multi-agent market has its own impact (env.impact) and no stops, "
-                             "breaker, participation cap or financing; use backtest=default")
+        if (
+            rules.impact
+            or rules.max_participation
+            or rules.stop_loss
+            or rules.take_profit
+            or rules.trailing_stop
+            or rules.drawdown_limit
+            or rules.borrow_per_bar
+            or rules.funding_per_bar
+        ):
+            raise ValueError(
+                "the multi-agent market has its own impact (env.impact) and no stops, "
+                "breaker, participation cap or financing; use backtest=default"
+            )
         self.index, self.bars = df.index, market_bars(df)
         self.features = np.ascontiguousarray(df[feature_columns].to_numpy(dtype=np.float32))
         self.E, self.K, self.window, self.auto_reset = num_markets, num_agents, window_size, auto_reset
@@ -216,18 +412,59 @@ class MultiMarket:
             kernels.sample_starts(self.rng_state, mask, self.start_low, self.start_high, self.starts)
         else:
             self.starts[mask] = start
-        reset_markets(mask, self.starts, self.K, self.bars, self._flat_features, self.window, self.t,
-                      self.steps, self.level, self.flow, self.cash, self.units, self.requested,
-                      self.equity, self.stats, self._flat_obs, self.account)
+        reset_markets(
+            mask,
+            self.starts,
+            self.K,
+            self.bars,
+            self._flat_features,
+            self.window,
+            self.t,
+            self.steps,
+            self.level,
+            self.flow,
+            self.cash,
+            self.units,
+            self.requested,
+            self.equity,
+            self.stats,
+            self._flat_obs,
+            self.account,
+        )
 
     def step(self, targets: np.ndarray) -> None:
         """All agents towards ``targets`` (E*K,) float64, fractions of equity."""
         step = step_markets_parallel if self.E >= PARALLEL_MIN_ENVS else step_markets
-        step(targets, self.K, self.bars, self._flat_features, self.window, self._rules,
-                     self.impact.temporary, self.impact.permanent, self.auto_reset, self.rng_state,
-                     self.start_low, self.start_high, self.t, self.steps, self.level, self.flow,
-                     self.cash, self.units, self.requested, self.equity, self.stats, self._flat_obs,
-                     self.account, self.reward, self.terminated, self.truncated, self.paid, self.traded)
+        step(
+            targets,
+            self.K,
+            self.bars,
+            self._flat_features,
+            self.window,
+            self._rules,
+            self.impact.temporary,
+            self.impact.permanent,
+            self.auto_reset,
+            self.rng_state,
+            self.start_low,
+            self.start_high,
+            self.t,
+            self.steps,
+            self.level,
+            self.flow,
+            self.cash,
+            self.units,
+            self.requested,
+            self.equity,
+            self.stats,
+            self._flat_obs,
+            self.account,
+            self.reward,
+            self.terminated,
+            self.truncated,
+            self.paid,
+            self.traded,
+        )
 
     def prices(self) -> np.ndarray:
         """(E,) this bar's close as the agents moved it (exogenous close x level)."""

@@ -5,6 +5,7 @@ Observation keys: ``market`` (N, window_size, n_features) float32 and ``account`
 share memory with the kernel's numpy arrays; only the outputs handed to TorchRL are copied.
 Finished envs are reset by TorchRL's partial ``_reset`` mask, which the numba reset kernel applies.
 """
+
 import functools
 
 import pandas as pd
@@ -13,11 +14,12 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-from src.backtest.metrics import periods_per_year
+from src.data.timeframes import periods_per_year
 from src.data.validate import OHLCV
 from src.envs.actions import ActionSpace
 from src.envs.market import MarketRules, VectorMarket
 from src.registry import register
+
 
 def feature_columns(df: pd.DataFrame) -> list[str]:
     """The observation columns of ``df``: every $-column that is not raw OHLCV."""
@@ -71,16 +73,25 @@ class TradingEnv(EnvBase):
         else:
             self.market.reset(mask)
         done = torch.zeros(self.batch_size + (1,), dtype=torch.bool)
-        return TensorDict({**self._observation(), "done": done, "terminated": done.clone(),
-                           "truncated": done.clone()}, batch_size=self.batch_size)
+        return TensorDict(
+            {**self._observation(), "done": done, "terminated": done.clone(), "truncated": done.clone()},
+            batch_size=self.batch_size,
+        )
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         self.market.step(self.actions.to_targets(tensordict["action"]))
         terminated = self._terminated.unsqueeze(-1).clone()
         truncated = self._truncated.unsqueeze(-1).clone()
-        return TensorDict({**self._observation(), "reward": self._reward.unsqueeze(-1).clone(),
-                           "done": terminated | truncated, "terminated": terminated,
-                           "truncated": truncated}, batch_size=self.batch_size)
+        return TensorDict(
+            {
+                **self._observation(),
+                "reward": self._reward.unsqueeze(-1).clone(),
+                "done": terminated | truncated,
+                "terminated": terminated,
+                "truncated": truncated,
+            },
+            batch_size=self.batch_size,
+        )
 
     def _set_seed(self, seed: int | None) -> None:
         self.market.seed(0 if seed is None else seed)
@@ -89,19 +100,32 @@ class TradingEnv(EnvBase):
 def market_rules(cfg, risk=None, index: pd.DatetimeIndex | None = None) -> MarketRules:
     """The kernel's rules from the ``env`` config group, plus the ``backtest`` group's execution
     and risk rules when ``risk`` is given (annual financing rates need the bars' ``index``)."""
-    rules = dict(transaction_fee=cfg.transaction_fee, slippage_bps=cfg.slippage_bps,
-                 episode_length=cfg.episode_length, equity_floor=cfg.equity_floor,
-                 rebalance_threshold=cfg.rebalance_threshold, reward=cfg.reward,
-                 reward_param=cfg.reward_param, max_leverage=cfg.max_leverage)
+    rules = dict(
+        transaction_fee=cfg.transaction_fee,
+        slippage_bps=cfg.slippage_bps,
+        episode_length=cfg.episode_length,
+        equity_floor=cfg.equity_floor,
+        rebalance_threshold=cfg.rebalance_threshold,
+        reward=cfg.reward,
+        reward_param=cfg.reward_param,
+        max_leverage=cfg.max_leverage,
+    )
     if risk is not None:
         periods = risk.periods_per_year or periods_per_year(index)
-        rules.update(impact=risk.execution.impact, max_participation=risk.execution.max_participation,
-                     carry_unfilled=risk.execution.carry_unfilled, stop_loss=risk.stops.stop_loss,
-                     take_profit=risk.stops.take_profit, trailing_stop=risk.stops.trailing_stop,
-                     borrow_per_bar=risk.financing.borrow_rate / periods,
-                     funding_per_bar=risk.financing.funding_rate / periods,
-                     drawdown_limit=risk.breaker.drawdown_limit, pause_bars=risk.breaker.pause_bars,
-                     capital=risk.initial_cash, reenter=risk.stops.reenter)
+        rules.update(
+            impact=risk.execution.impact,
+            max_participation=risk.execution.max_participation,
+            carry_unfilled=risk.execution.carry_unfilled,
+            stop_loss=risk.stops.stop_loss,
+            take_profit=risk.stops.take_profit,
+            trailing_stop=risk.stops.trailing_stop,
+            borrow_per_bar=risk.financing.borrow_rate / periods,
+            funding_per_bar=risk.financing.funding_rate / periods,
+            drawdown_limit=risk.breaker.drawdown_limit,
+            pause_bars=risk.breaker.pause_bars,
+            capital=risk.initial_cash,
+            reenter=risk.stops.reenter,
+        )
     return MarketRules(**rules)
 
 
@@ -110,12 +134,12 @@ def action_space(cfg) -> ActionSpace:
 
 
 @register("env", "vectorized")
-def build_trading_env(cfg, df: pd.DataFrame, seed: int, num_envs: int | None = None,
-                      risk=None) -> TradingEnv:
+def build_trading_env(cfg, df: pd.DataFrame, seed: int, num_envs: int | None = None, risk=None) -> TradingEnv:
     """A ``TradingEnv`` over ``df`` from the ``env`` config group (``num_envs`` overrides;
     ``risk``: the ``backtest`` group, to train under its execution and risk rules)."""
-    market = VectorMarket(df, feature_columns(df), num_envs or cfg.num_envs, cfg.window_size,
-                          market_rules(cfg, risk, df.index), seed=seed)
+    market = VectorMarket(
+        df, feature_columns(df), num_envs or cfg.num_envs, cfg.window_size, market_rules(cfg, risk, df.index), seed=seed
+    )
     env = TradingEnv(market, action_space(cfg))
     env.recipe = functools.partial(build_trading_env, cfg, df, risk=risk)
     return env

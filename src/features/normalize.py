@@ -7,6 +7,7 @@
   then applied unchanged to validation and test.
 Z-scores are clipped to +-CLIP; a zero std gives 0.
 """
+
 import numpy as np
 import pandas as pd
 from numba import njit, prange
@@ -56,12 +57,10 @@ def _rolling_zscore(values: np.ndarray, window: int, clip: float) -> np.ndarray:
 
 def rolling_zscore(features: pd.DataFrame, window: int) -> pd.DataFrame:
     values = np.ascontiguousarray(features.to_numpy(dtype=np.float64))
-    return pd.DataFrame(_rolling_zscore(values, int(window), CLIP), index=features.index,
-                        columns=features.columns)
+    return pd.DataFrame(_rolling_zscore(values, int(window), CLIP), index=features.index, columns=features.columns)
 
 
-def train_zscore(features: pd.DataFrame, fit_rows: int | None,
-                 scaler: dict | None = None) -> tuple[pd.DataFrame, dict]:
+def train_zscore(features: pd.DataFrame, fit_rows: int | None, scaler: dict | None = None) -> tuple[pd.DataFrame, dict]:
     """(z-scores, scaler statistics {"mean": {column: value}, "std": {...}}): fitted on the
     first ``fit_rows`` rows, or the given ``scaler`` (a checkpoint's) applied unchanged."""
     if scaler:
@@ -78,8 +77,9 @@ def _zscore(features: pd.DataFrame, mean: pd.DataFrame, std: pd.DataFrame) -> pd
     return z.where(std > 0, 0.0).where(features.notna() & mean.notna()).clip(-CLIP, CLIP)
 
 
-def normalize(features: pd.DataFrame, cfg, fit_rows: int | None = None,
-              scaler: dict | None = None) -> tuple[pd.DataFrame, dict]:
+def normalize(
+    features: pd.DataFrame, cfg, fit_rows: int | None = None, scaler: dict | None = None
+) -> tuple[pd.DataFrame, dict]:
     """(normalised features, fitted scaler statistics: empty unless ``train_zscore``, which fits
     on ``fit_rows`` or applies a given ``scaler``)."""
     if cfg.method == "none":
@@ -88,7 +88,9 @@ def normalize(features: pd.DataFrame, cfg, fit_rows: int | None = None,
         return rolling_zscore(features, int(cfg.window)), {}
     if cfg.method == "train_zscore":
         if not fit_rows and not scaler:
-            raise ValueError("features.normalize.method=train_zscore needs the train split's "
-                             "rows to fit on (fit_rows), or a fitted scaler")
+            raise ValueError(
+                "features.normalize.method=train_zscore needs the train split's "
+                "rows to fit on (fit_rows), or a fitted scaler"
+            )
         return train_zscore(features, fit_rows, scaler)
     raise ValueError(f"features.normalize.method={cfg.method!r}; valid: {', '.join(METHODS)}")

@@ -6,6 +6,7 @@ Rows inside the warm-up are dropped (``warmup_rows``). After it, an undefined va
 forward-filled, and one never defined yet (e.g. 0/0 on a flat market) becomes 0: no value is
 ever filled from the future into the past, so there is no backward fill.
 """
+
 import hashlib
 import json
 import logging
@@ -17,7 +18,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from src.data.cache import read_parquet, write_parquet
-from src.features.normalize import normalize, normalization_warmup
+from src.features.normalize import normalization_warmup, normalize
 
 log = logging.getLogger(__name__)
 CODE_VERSION = "3"  # bump when a feature's formula changes: cached features become stale
@@ -54,8 +55,11 @@ class FeatureSet:
         if cached is not None:
             return cached
         out = self._build(df, fit_rows)
-        write_parquet(out, path, {"key": key, "content_hash": frame_hash(out),
-                                  "warmup_rows": self.warmup_rows, "scaler": self.scaler})
+        write_parquet(
+            out,
+            path,
+            {"key": key, "content_hash": frame_hash(out), "warmup_rows": self.warmup_rows, "scaler": self.scaler},
+        )
         return out
 
     def with_scaler(self, df: pd.DataFrame, scaler: dict) -> pd.DataFrame:
@@ -73,14 +77,17 @@ class FeatureSet:
         else:
             warmup = lookback + normalization_warmup(self.cfg.normalize)
         if warmup >= len(df):
-            raise ValueError(f"features={self.name}: {len(df)} bars are too few for the "
-                             f"indicators' warm-up ({warmup} bars); use a longer history")
+            raise ValueError(
+                f"features={self.name}: {len(df)} bars are too few for the "
+                f"indicators' warm-up ({warmup} bars); use a longer history"
+            )
         self.warmup_rows = warmup
         kept = features.iloc[warmup:]
         holes = int(kept.isna().to_numpy().sum())
         if holes:
-            log.info("features=%s: %d undefined values after warm-up, forward-filled (0 if none "
-                     "before)", self.name, holes)
+            log.info(
+                "features=%s: %d undefined values after warm-up, forward-filled (0 if none before)", self.name, holes
+            )
         kept = kept.ffill().fillna(0.0)
         return pd.concat([df.iloc[warmup:], kept], axis=1)
 

@@ -3,6 +3,7 @@
 Indicators that live on the price scale (MACD, ATR) are divided by the close so the features of a
 $10 and a $10,000 market are comparable.
 """
+
 import numpy as np
 import pandas as pd
 import talib

@@ -5,6 +5,7 @@ divides its outputs by the close (for indicators measured in price units). Colum
 ``$<output>_<parameter values>``: ``$rsi_14``, ``$macd_12_26_9``, ``$upperband_20_2_2``; a
 single-output function uses its own name (``$sma_20``).
 """
+
 from functools import partial
 
 import numpy as np
@@ -22,8 +23,9 @@ def _suffix(params: dict) -> str:
     return "".join(f"_{v:g}" if isinstance(v, float) else f"_{v}" for v in params.values())
 
 
-def indicator(df_arrays: dict[str, np.ndarray], fn: str, params: dict,
-              price_scale: bool) -> tuple[dict[str, np.ndarray], int]:
+def indicator(
+    df_arrays: dict[str, np.ndarray], fn: str, params: dict, price_scale: bool
+) -> tuple[dict[str, np.ndarray], int]:
     """({column: values}, look-back) of one TA-Lib function."""
     try:
         function = abstract.Function(fn)
@@ -34,8 +36,10 @@ def indicator(df_arrays: dict[str, np.ndarray], fn: str, params: dict,
     outputs = outputs if isinstance(outputs, list) else [outputs]
     names = function.output_names if len(outputs) > 1 else [fn.lower()]
     scale = df_arrays["close"] if price_scale else 1.0
-    return ({f"${name.lower()}{_suffix(params)}": np.asarray(values) / scale
-             for name, values in zip(names, outputs)}, function.lookback)
+    return (
+        {f"${name.lower()}{_suffix(params)}": np.asarray(values) / scale for name, values in zip(names, outputs)},
+        function.lookback,
+    )
 
 
 def talib_features(df: pd.DataFrame, indicators: list[dict]) -> tuple[pd.DataFrame, int]:

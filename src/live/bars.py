@@ -5,6 +5,7 @@ each other; the candle closes when the first update of a later candle arrives, o
 passes its end plus a grace period (``close_due``). An update for a candle that has already
 closed (a duplicate, a late or out-of-order message) is dropped and counted.
 """
+
 from dataclasses import dataclass, field
 
 Candle = tuple[int, float, float, float, float, float]
@@ -17,8 +18,8 @@ class ClosedBars:
     step_ms: int
     last_closed: int | None = None
     forming: Candle | None = None
-    duplicates: int = 0      # updates for a bar already closed, identical to what was emitted
-    out_of_order: int = 0    # updates for a bar already closed that differ (late or reordered)
+    duplicates: int = 0  # updates for a bar already closed, identical to what was emitted
+    out_of_order: int = 0  # updates for a bar already closed that differ (late or reordered)
     emitted: dict = field(default_factory=dict)  # open time -> the bar emitted (recent ones)
 
     def update(self, candle: Candle) -> list[Candle]:

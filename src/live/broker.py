@@ -6,6 +6,7 @@ participation cap, stops, breaker and financing are the backtest's, computed by 
 The account state (cash, units, requested target, equity, risk and reward state) is a plain
 dict for the journal, so a restarted session continues exactly where it stopped.
 """
+
 from dataclasses import replace
 
 import numpy as np
@@ -39,17 +40,45 @@ class PaperBroker:
         obs = np.zeros((1, 1), np.float32)
         t = np.zeros(1, np.int64)
         flags = np.zeros(1, np.bool_), np.zeros(1, np.bool_)
-        kernels.step_envs(np.array([target]), bars, features, 1, self._rules, False,
-                          np.ones(1, np.uint64), 0, 1, t, self.cash, self.units, self.requested,
-                          self.equity, self.steps, self.stats, self.risk, obs, self.account,
-                          np.zeros(1, np.float32), *flags, self.fills)
+        kernels.step_envs(
+            np.array([target]),
+            bars,
+            features,
+            1,
+            self._rules,
+            False,
+            np.ones(1, np.uint64),
+            0,
+            1,
+            t,
+            self.cash,
+            self.units,
+            self.requested,
+            self.equity,
+            self.steps,
+            self.stats,
+            self.risk,
+            obs,
+            self.account,
+            np.zeros(1, np.float32),
+            *flags,
+            self.fills,
+        )
         return self.fills[0].copy()
 
     def flatten(self, row) -> np.ndarray:
         """Close the position at ``row``'s close (one bar: the last known), charged like any
         exit; returns the fills row."""
-        kernels.close_positions(market_bars(row), self._rules, np.zeros(1, np.int64), self.cash,
-                                self.units, self.requested, self.equity, self.fills)
+        kernels.close_positions(
+            market_bars(row),
+            self._rules,
+            np.zeros(1, np.int64),
+            self.cash,
+            self.units,
+            self.requested,
+            self.equity,
+            self.fills,
+        )
         self.account[0, 0] = 0.0
         return self.fills[0].copy()
 

@@ -10,6 +10,7 @@
   timeframes yields a ``Stale`` marker (the session stops ordering and applies
   ``paper.on_stale``) and the feed keeps waiting.
 """
+
 import asyncio
 import logging
 import re
@@ -74,8 +75,9 @@ class CcxtFeed:
         self.step_ms = int(self.step.total_seconds() * 1000)
         self.feed_cfg = feed_cfg
         options = OmegaConf.to_container(data_cfg.options or {}, resolve=True)
-        self.rest = ExchangeClient(data_cfg.exchange, data_cfg.base_url, options,
-                                   data_cfg.max_retries, data_cfg.backoff_seconds)
+        self.rest = ExchangeClient(
+            data_cfg.exchange, data_cfg.base_url, options, data_cfg.max_retries, data_cfg.backoff_seconds
+        )
         exchange_class = getattr(ccxt.pro, data_cfg.exchange)
         self.exchange = exchange_class({"enableRateLimit": True, **exchange_credentials(), **options})
         if data_cfg.base_url:  # REST (markets) on the same host as the client above
@@ -119,11 +121,14 @@ class CcxtFeed:
                 except (ccxt.NetworkError, ccxt.ExchangeError, OSError) as error:
                     failures += 1
                     if failures > int(self.feed_cfg.max_reconnects):
-                        raise ConnectionError(f"{self.exchange.id} websocket: gave up after "
-                                              f"{failures - 1} reconnects ({type(error).__name__})") from None
+                        raise ConnectionError(
+                            f"{self.exchange.id} websocket: gave up after "
+                            f"{failures - 1} reconnects ({type(error).__name__})"
+                        ) from None
                     delay = float(self.feed_cfg.reconnect_backoff) * 2 ** (failures - 1)
-                    log.warning("websocket %s (%s); reconnect %d in %.1fs", type(error).__name__,
-                                error, failures, delay)
+                    log.warning(
+                        "websocket %s (%s); reconnect %d in %.1fs", type(error).__name__, error, failures, delay
+                    )
                     self.counts["reconnects"] += 1
                     await asyncio.sleep(delay)
                     continue
@@ -157,8 +162,7 @@ class CcxtFeed:
         known = forming[0] if forming is not None else self.assembler.last_closed
         if known is None or stamp <= known + self.step_ms:
             return []
-        start = pd.Timestamp((self.assembler.last_closed or known - self.step_ms) + self.step_ms,
-                             unit="ms", tz="UTC")
+        start = pd.Timestamp((self.assembler.last_closed or known - self.step_ms) + self.step_ms, unit="ms", tz="UTC")
         end = pd.Timestamp(stamp, unit="ms", tz="UTC")
         bars = await asyncio.to_thread(self.rest.fetch, self.symbol, self.timeframe, start, end, 1000)
         missed = [c for c in candles(bars) if self.assembler.accept(c)]

@@ -7,6 +7,7 @@ account and the pending target after the latest bar) and ``meta``. Everything a 
 written in one transaction keyed by the bar, so a crash loses or duplicates nothing: a restart
 resumes from the last committed bar, and re-writing a bar's rows is a no-op.
 """
+
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -63,15 +64,15 @@ class Journal:
         return f"{self.session}:{ts}"
 
     def set_meta(self, **values) -> None:
-        self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                            [(k, json.dumps(v)) for k, v in values.items()])
+        self.db.executemany(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in values.items()]
+        )
 
     def meta(self) -> dict:
         return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM meta")}
 
     def add_bar(self, candle, history: bool = False) -> None:
-        self.db.execute("INSERT OR IGNORE INTO bars VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (*candle, int(history)))
+        self.db.execute("INSERT OR IGNORE INTO bars VALUES (?, ?, ?, ?, ?, ?, ?)", (*candle, int(history)))
 
     def add_history(self, df: pd.DataFrame) -> None:
         from src.live.feeds import candles
@@ -81,32 +82,42 @@ class Journal:
                 self.add_bar(candle, history=True)
 
     def add_decision(self, ts: int, obs_hash: str, action, target: float, latency_ms: float) -> None:
-        self.db.execute("INSERT OR IGNORE INTO decisions VALUES (?, ?, ?, ?, ?)",
-                        (ts, obs_hash, json.dumps(action), target, latency_ms))
-        self.db.execute("INSERT OR IGNORE INTO orders VALUES (?, ?, ?, 'open')",
-                        (self.order_key(ts), ts, target))
+        self.db.execute(
+            "INSERT OR IGNORE INTO decisions VALUES (?, ?, ?, ?, ?)",
+            (ts, obs_hash, json.dumps(action), target, latency_ms),
+        )
+        self.db.execute("INSERT OR IGNORE INTO orders VALUES (?, ?, ?, 'open')", (self.order_key(ts), ts, target))
 
-    def add_fill(self, ts: int, kind: str, units: float, price: float, fee: float, reason: str,
-                 partial: bool, order_ts: int | None) -> None:
+    def add_fill(
+        self,
+        ts: int,
+        kind: str,
+        units: float,
+        price: float,
+        fee: float,
+        reason: str,
+        partial: bool,
+        order_ts: int | None,
+    ) -> None:
         key = self.order_key(order_ts) if order_ts is not None else None
-        self.db.execute("INSERT OR IGNORE INTO fills VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (ts, kind, "buy" if units > 0 else "sell", units, price, fee, reason,
-                         int(partial), key))
+        self.db.execute(
+            "INSERT OR IGNORE INTO fills VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (ts, kind, "buy" if units > 0 else "sell", units, price, fee, reason, int(partial), key),
+        )
 
     def close_order(self, order_ts: int, status: str) -> None:
         self.db.execute("UPDATE orders SET status = ? WHERE key = ?", (status, self.order_key(order_ts)))
 
-    def add_equity(self, ts: int, equity: float, cash: float, units: float, position: float,
-                   financing: float) -> None:
-        self.db.execute("INSERT OR IGNORE INTO equity VALUES (?, ?, ?, ?, ?, ?)",
-                        (ts, equity, cash, units, position, financing))
+    def add_equity(self, ts: int, equity: float, cash: float, units: float, position: float, financing: float) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO equity VALUES (?, ?, ?, ?, ?, ?)", (ts, equity, cash, units, position, financing)
+        )
 
     def add_event(self, ts: int, kind: str, detail: str) -> None:
         self.db.execute("INSERT OR IGNORE INTO events VALUES (?, ?, ?)", (ts, kind, detail))
 
     def save_state(self, ts: int, account: dict, pending: float | None) -> None:
-        self.db.execute("INSERT OR REPLACE INTO state VALUES (1, ?, ?, ?)",
-                        (ts, json.dumps(account), pending))
+        self.db.execute("INSERT OR REPLACE INTO state VALUES (1, ?, ?, ?)", (ts, json.dumps(account), pending))
 
     def state(self) -> tuple[int, dict, float | None] | None:
         row = self.db.execute("SELECT ts, account, pending FROM state WHERE id = 1").fetchone()

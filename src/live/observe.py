@@ -5,6 +5,7 @@ from the whole history (the property ``tests/test_paper.py`` checks); a checkpoi
 normaliser statistics are applied unchanged. The frame also carries the risk columns
 (``@size``, ``@stop_unit``, ...) that the broker's kernel reads.
 """
+
 import numpy as np
 import pandas as pd
 
@@ -16,8 +17,7 @@ from src.features.pipeline import FeatureSet
 class Observer:
     """``frame(raw)`` -> featurised bars; ``window(frame)`` -> (1, window_size, F) float32."""
 
-    def __init__(self, featurize: FeatureSet, backtest_cfg, window_size: int, scaler: dict,
-                 columns: list[str]):
+    def __init__(self, featurize: FeatureSet, backtest_cfg, window_size: int, scaler: dict, columns: list[str]):
         self.featurize, self.backtest_cfg = featurize, backtest_cfg
         self.window_size, self.scaler, self.columns = window_size, scaler, columns
 
@@ -30,8 +30,7 @@ class Observer:
         if len(features) < 2:
             return None
         if feature_columns(features) != self.columns:
-            raise ValueError(f"live features {feature_columns(features)} differ from the "
-                             f"policy's {self.columns}")
+            raise ValueError(f"live features {feature_columns(features)} differ from the policy's {self.columns}")
         return with_risk_columns(features, self.backtest_cfg)
 
     def window(self, frame: pd.DataFrame) -> np.ndarray | None:

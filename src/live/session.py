@@ -8,6 +8,7 @@ runs from the bar's arrival to the decided target. When the session ends (``feed
 backtester (``parity``) and ``paper_summary.json`` says ``parity: identical`` or names the first
 bar that differs. Restarting with the same ``paper.session`` resumes from the last journaled bar.
 """
+
 import asyncio
 import hashlib
 import json
@@ -29,17 +30,17 @@ from rich.table import Table
 
 from src import registry
 from src.agents.base import Agent
-from src.config_checks import ConfigError
 from src.backtest.engine import fill_rows
-from src.backtest.metrics import periods_per_year
+from src.config_checks import ConfigError
+from src.data.timeframes import periods_per_year
 from src.envs import kernels
 from src.envs.actions import ActionSpace
 from src.envs.torchrl_env import market_rules
 from src.live.broker import PaperBroker
 from src.live.feeds import Stale
 from src.live.journal import Journal
-from src.live.testnet import TestnetBroker
 from src.live.observe import Observer
+from src.live.testnet import TestnetBroker
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ def live_config(cfg: DictConfig, journal: Journal) -> DictConfig:
     configured), so the per-bar financing of the session, of its resumption and of its parity
     replay are the same numbers."""
     history = journal.table("bars").query("history == 1").ts
-    periods = cfg.backtest.periods_per_year or periods_per_year(pd.DatetimeIndex(pd.to_datetime(history, unit="ms", utc=True)))
+    stamps = pd.DatetimeIndex(pd.to_datetime(history, unit="ms", utc=True))
+    periods = cfg.backtest.periods_per_year or periods_per_year(stamps)
     out = cfg.copy()
     out.backtest = OmegaConf.merge(out.backtest, {"periods_per_year": float(periods)})
     return out
@@ -80,11 +82,17 @@ class Stats:
 class Session:
     """One paper-trading session of ``agent`` (see the module docstring)."""
 
-    def __init__(self, cfg: DictConfig, agent: Agent, actions: ActionSpace, featurize, contract: dict,
-                 journal: Journal):
+    def __init__(
+        self, cfg: DictConfig, agent: Agent, actions: ActionSpace, featurize, contract: dict, journal: Journal
+    ):
         self.cfg, self.agent, self.actions, self.journal = live_config(cfg, journal), agent, actions, journal
-        self.observer = Observer(featurize, self.cfg.backtest, cfg.env.window_size,
-                                 contract["normalize"].get("stats", {}), contract["features"])
+        self.observer = Observer(
+            featurize,
+            self.cfg.backtest,
+            cfg.env.window_size,
+            contract["normalize"].get("stats", {}),
+            contract["features"],
+        )
         self.capital = float(self.cfg.backtest.initial_cash)
         self.stats = Stats()
         self.raw = journal.raw_bars()
@@ -134,31 +142,38 @@ class Session:
     def _fill(self, rows: pd.DataFrame, ts: int) -> None:
         """Execute the pending target over (decision bar, this bar); journal fills and equity."""
         fills = self.broker.step(self.pending, rows)
-        for stamp, side, units, price, fee, reason, partial in fill_rows(fills, rows.index[-1]):
+        for _stamp, _side, units, price, fee, reason, partial in fill_rows(fills, rows.index[-1]):
             kind = "order" if reason == "signal" else "exit"
-            self.journal.add_fill(ts, kind, units * self.capital, price, fee * self.capital, reason,
-                                  partial, self.decided_at)
+            self.journal.add_fill(
+                ts, kind, units * self.capital, price, fee * self.capital, reason, partial, self.decided_at
+            )
             if self.exchange is not None:
                 self.exchange.mirror(self.journal.order_key(self.decided_at), kind, ts, units * self.capital)
             self.stats.fills += 1
         self.journal.close_order(self.decided_at, "filled" if fills[kernels.ENTRY_UNITS] else "no_trade")
         equity, cash = float(self.broker.equity[0]), float(self.broker.cash[0])
-        self.journal.add_equity(ts, equity * self.capital, cash * self.capital,
-                                float(self.broker.units[0]) * self.capital,
-                                float(self.broker.account[0, 0]), fills[kernels.FINANCING] * self.capital)
+        self.journal.add_equity(
+            ts,
+            equity * self.capital,
+            cash * self.capital,
+            float(self.broker.units[0]) * self.capital,
+            float(self.broker.account[0, 0]),
+            fills[kernels.FINANCING] * self.capital,
+        )
         self.stats.equity, self.stats.position = equity * self.capital, float(self.broker.account[0, 0])
         step = self.stats.bars
         now = int(time.time() * 1000)
-        self.metrics += [Metric("paper/equity", self.stats.equity, now, step),
-                         Metric("paper/position", self.stats.position, now, step)]
+        self.metrics += [
+            Metric("paper/equity", self.stats.equity, now, step),
+            Metric("paper/position", self.stats.position, now, step),
+        ]
         if self.stats.latency_ms:
             self.metrics.append(Metric("paper/latency_ms", self.stats.latency_ms[-1], now, step))
 
     def on_stale(self, marker: Stale) -> None:
         """No bar for a while: no new order; flatten at the last close (``on_stale=flatten``)."""
         self.stats.stale_events += 1
-        log.warning("feed stale for %.0fs after %s", marker.seconds,
-                    pd.Timestamp(marker.since, unit="ms", tz="UTC"))
+        log.warning("feed stale for %.0fs after %s", marker.seconds, pd.Timestamp(marker.since, unit="ms", tz="UTC"))
         with self.journal.bar():
             self.journal.add_event(marker.since, "stale", f"{marker.seconds:.1f}s without a bar")
             if self.pending is not None:
@@ -168,8 +183,16 @@ class Session:
                 frame = self.observer.frame(self.raw)
                 fills = self.broker.flatten(frame.iloc[-1:])
                 for _, _, units, price, fee, _, partial in fill_rows(fills, frame.index[-1]):
-                    self.journal.add_fill(marker.since, "stale", units * self.capital, price,
-                                          fee * self.capital, "stale_flatten", partial, None)
+                    self.journal.add_fill(
+                        marker.since,
+                        "stale",
+                        units * self.capital,
+                        price,
+                        fee * self.capital,
+                        "stale_flatten",
+                        partial,
+                        None,
+                    )
             self.journal.save_state(marker.since, self.broker.state(), None)
 
     def flush_metrics(self) -> None:
@@ -183,11 +206,16 @@ class Session:
         for column in ("last bar", "position", "equity", "P&L", "fills", "feed lag", "latency p50/p99"):
             table.add_column(column, justify="right")
         lag = (pd.Timestamp.now(tz="UTC") - s.last_bar).total_seconds() if s.last_bar is not None else 0
-        p50, p99 = (np.percentile(s.latency_ms, [50, 99]) if s.latency_ms else (0.0, 0.0))
-        table.add_row(f"{s.last_bar:%Y-%m-%d %H:%M}" if s.last_bar is not None else "-",
-                      f"{s.position:+.2f}", f"{s.equity:,.2f}", f"{s.equity - self.capital:+,.2f}",
-                      str(s.fills), "replay" if self.cfg.feed.name == "replay" else f"{lag:.1f}s",
-                      f"{p50:.2f} / {p99:.2f} ms")
+        p50, p99 = np.percentile(s.latency_ms, [50, 99]) if s.latency_ms else (0.0, 0.0)
+        table.add_row(
+            f"{s.last_bar:%Y-%m-%d %H:%M}" if s.last_bar is not None else "-",
+            f"{s.position:+.2f}",
+            f"{s.equity:,.2f}",
+            f"{s.equity - self.capital:+,.2f}",
+            str(s.fills),
+            "replay" if self.cfg.feed.name == "replay" else f"{lag:.1f}s",
+            f"{p50:.2f} / {p99:.2f} ms",
+        )
         return table
 
 
@@ -215,14 +243,16 @@ async def run_feed(session: Session, feed, max_bars: int | None, duration: float
 
     task = asyncio.create_task(consume())
     stopper = asyncio.create_task(stop.wait())
-    live = Live(session.panel(), refresh_per_second=4, console=Console(stderr=True),
-                transient=False, auto_refresh=True) if session.cfg.paper.panel else None
+    live = (
+        Live(session.panel(), refresh_per_second=4, console=Console(stderr=True), transient=False, auto_refresh=True)
+        if session.cfg.paper.panel
+        else None
+    )
     try:
         if live:
             live.start()
         while True:
-            done, _ = await asyncio.wait({task, stopper}, timeout=0.25,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({task, stopper}, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
             if live:
                 live.update(session.panel())
             if task in done:
@@ -256,8 +286,7 @@ class Parity:
         return "parity: identical" if self.identical else f"parity: differs at {self.first_difference}"
 
 
-def parity(cfg: DictConfig, journal: Journal, agent: Agent, actions: ActionSpace, featurize,
-           contract: dict) -> Parity:
+def parity(cfg: DictConfig, journal: Journal, agent: Agent, actions: ActionSpace, featurize, contract: dict) -> Parity:
     """Replay the journaled bars through the backtester (a fresh ``agent`` from the same
     checkpoint or seed) and compare fills and equity with the journal, bit for bit."""
     cfg = live_config(cfg, journal)
@@ -265,8 +294,9 @@ def parity(cfg: DictConfig, journal: Journal, agent: Agent, actions: ActionSpace
     decisions = journal.table("decisions")
     if equity.empty:
         return Parity(True, 0)
-    observer = Observer(featurize, cfg.backtest, cfg.env.window_size,
-                        contract["normalize"].get("stats", {}), contract["features"])
+    observer = Observer(
+        featurize, cfg.backtest, cfg.env.window_size, contract["normalize"].get("stats", {}), contract["features"]
+    )
     frame = observer.frame(journal.raw_bars())
     first = frame.index.get_loc(pd.Timestamp(int(decisions.ts.iloc[0]), unit="ms", tz="UTC"))
     last = frame.index.get_loc(pd.Timestamp(int(equity.ts.iloc[-1]), unit="ms", tz="UTC"))
@@ -282,16 +312,23 @@ def parity(cfg: DictConfig, journal: Journal, agent: Agent, actions: ActionSpace
             return Parity(False, len(equity), f"{_stamp(row.ts)} (a fill only one side has)")
         a, b = ours.iloc[k], journaled.iloc[k]
         if (int(a.ts), a.units, a.price, a.fee, a.reason) != (int(b.ts), b.units, b.price, b.fee, b.reason):
-            return Parity(False, len(equity), f"{_stamp(min(int(a.ts), int(b.ts)))} (fill: backtest "
-                          f"{a.units:.6g}@{a.price:.6g} {a.reason}, journal {b.units:.6g}@{b.price:.6g} {b.reason})")
+            return Parity(
+                False,
+                len(equity),
+                f"{_stamp(min(int(a.ts), int(b.ts)))} (fill: backtest "
+                f"{a.units:.6g}@{a.price:.6g} {a.reason}, journal {b.units:.6g}@{b.price:.6g} {b.reason})",
+            )
     curve = result.equity.iloc[1:]
     if len(curve) != len(equity):
         return Parity(False, len(equity), f"{len(curve)} backtest bars vs {len(equity)} journaled")
     different = np.flatnonzero(curve.to_numpy() != equity.equity.to_numpy())
     if len(different):
         k = different[0]
-        return Parity(False, len(equity), f"{_stamp(int(equity.ts.iloc[k]))} (equity: backtest "
-                      f"{curve.iloc[k]!r}, journal {equity.equity.iloc[k]!r})")
+        return Parity(
+            False,
+            len(equity),
+            f"{_stamp(int(equity.ts.iloc[k]))} (equity: backtest {curve.iloc[k]!r}, journal {equity.equity.iloc[k]!r})",
+        )
     return Parity(True, len(equity))
 
 
@@ -306,14 +343,24 @@ def summary(session: Session, check: Parity, stopped: str, counts: dict) -> dict
     equity = session.journal.table("equity")
     final = float(equity.equity.iloc[-1]) if len(equity) else session.capital
     return {
-        "session": session.journal.session, "feed": session.cfg.feed.name, "stopped": stopped,
+        "session": session.journal.session,
+        "feed": session.cfg.feed.name,
+        "stopped": stopped,
         "bars": session.journal.traded_bars(),
-        "decisions": int(len(session.journal.table("decisions"))), "trades": int(len(fills)),
-        "equity": final, "pnl": final - session.capital, "return": final / session.capital - 1,
-        "parity": check.line, "parity_bars": check.bars,
-        "latency_ms": {"p50": float(np.percentile(latency, 50)), "p99": float(np.percentile(latency, 99)),
-                       "max": float(latency.max())},
-        "stale_events": session.stats.stale_events, **counts,
+        "decisions": int(len(session.journal.table("decisions"))),
+        "trades": int(len(fills)),
+        "equity": final,
+        "pnl": final - session.capital,
+        "return": final / session.capital - 1,
+        "parity": check.line,
+        "parity_bars": check.bars,
+        "latency_ms": {
+            "p50": float(np.percentile(latency, 50)),
+            "p99": float(np.percentile(latency, 99)),
+            "max": float(latency.max()),
+        },
+        "stale_events": session.stats.stale_events,
+        **counts,
     }
 
 
@@ -322,17 +369,29 @@ def print_summary(result: dict) -> None:
     table.add_column("measure")
     table.add_column("value", justify="right")
     latency = result["latency_ms"]
-    for name, value in [("bars", result["bars"]), ("decisions", result["decisions"]),
-                        ("trades", result["trades"]), ("P&L", f"{result['pnl']:+,.2f}"),
-                        ("return", f"{result['return']:+.2%}"), ("parity", result["parity"]),
-                        ("latency p50 / p99 / max", f"{latency['p50']:.2f} / {latency['p99']:.2f} / "
-                                                    f"{latency['max']:.2f} ms")]:
+    for name, value in [
+        ("bars", result["bars"]),
+        ("decisions", result["decisions"]),
+        ("trades", result["trades"]),
+        ("P&L", f"{result['pnl']:+,.2f}"),
+        ("return", f"{result['return']:+.2%}"),
+        ("parity", result["parity"]),
+        ("latency p50 / p99 / max", f"{latency['p50']:.2f} / {latency['p99']:.2f} / {latency['max']:.2f} ms"),
+    ]:
         table.add_row(name, str(value))
     Console().print(table)
 
 
-def paper_trade(cfg: DictConfig, raw: pd.DataFrame, stream_from: int, agent_factory, featurize,
-                contract: dict, checkpoint: Path | None, output_dir: Path) -> dict:
+def paper_trade(
+    cfg: DictConfig,
+    raw: pd.DataFrame,
+    stream_from: int,
+    agent_factory,
+    featurize,
+    contract: dict,
+    checkpoint: Path | None,
+    output_dir: Path,
+) -> dict:
     """Run (or resume) the session ``paper.session``; returns its summary (also written to
     ``output_dir/paper_summary.json`` and logged to the active MLflow run)."""
     name = session_name(cfg)
@@ -340,20 +399,28 @@ def paper_trade(cfg: DictConfig, raw: pd.DataFrame, stream_from: int, agent_fact
     try:
         feed = registry.build("feed", cfg.feed, cfg.data, raw, stream_from)
         if journal.raw_bars().empty:
-            history = (raw.iloc[max(stream_from - cfg.paper.history_bars, 0) : stream_from]
-                       if cfg.feed.name == "replay" else feed.history(cfg.paper.history_bars))
+            history = (
+                raw.iloc[max(stream_from - cfg.paper.history_bars, 0) : stream_from]
+                if cfg.feed.name == "replay"
+                else feed.history(cfg.paper.history_bars)
+            )
             journal.add_history(history)
-            journal.set_meta(config=OmegaConf.to_container(cfg, resolve=True),
-                             checkpoint=str(checkpoint) if checkpoint else None,
-                             mlflow_run_id=mlflow.active_run().info.run_id if mlflow.active_run() else None,
-                             contract=contract)
+            journal.set_meta(
+                config=OmegaConf.to_container(cfg, resolve=True),
+                checkpoint=str(checkpoint) if checkpoint else None,
+                mlflow_run_id=mlflow.active_run().info.run_id if mlflow.active_run() else None,
+                contract=contract,
+            )
         agent, actions = agent_factory()
         session = Session(cfg, agent, actions, featurize, contract, journal)
         max_bars = cfg.feed.max_bars
         if max_bars is not None:  # a resumed session counts the bars it already traded
             max_bars -= journal.traded_bars()
-        stopped = asyncio.run(run_feed(session, feed, max_bars, cfg.feed.duration)) if (
-            max_bars is None or max_bars > 0) else "max_bars"
+        stopped = (
+            asyncio.run(run_feed(session, feed, max_bars, cfg.feed.duration))
+            if (max_bars is None or max_bars > 0)
+            else "max_bars"
+        )
         session.flush_metrics()
         fresh, fresh_actions = agent_factory()
         check = parity(cfg, journal, fresh, fresh_actions, featurize, contract)
@@ -366,9 +433,15 @@ def paper_trade(cfg: DictConfig, raw: pd.DataFrame, stream_from: int, agent_fact
     path.write_text(json.dumps(result, indent=2))
     if mlflow.active_run() is not None:
         latency = result["latency_ms"]
-        mlflow.log_metrics({"paper/latency_p50_ms": latency["p50"], "paper/latency_p99_ms": latency["p99"],
-                            "paper/latency_max_ms": latency["max"], "paper/pnl": result["pnl"],
-                            "paper/parity_identical": float(check.identical)})
+        mlflow.log_metrics(
+            {
+                "paper/latency_p50_ms": latency["p50"],
+                "paper/latency_p99_ms": latency["p99"],
+                "paper/latency_max_ms": latency["max"],
+                "paper/pnl": result["pnl"],
+                "paper/parity_identical": float(check.identical),
+            }
+        )
         mlflow.set_tag("paper.parity", check.line)
         mlflow.log_artifact(str(path))
         mlflow.log_artifact(str(journal_path(cfg, name)))
@@ -389,8 +462,7 @@ def stored_meta(cfg: DictConfig) -> dict:
 def replay_journal(cfg: DictConfig) -> Parity:
     """``mode=replay_journal``: the stored session's bars through the backtester, compared."""
     if not cfg.paper.session:
-        raise ConfigError("mode=replay_journal needs paper.session=NAME (a journal in "
-                          f"{cfg.paper.journal_dir}/)")
+        raise ConfigError(f"mode=replay_journal needs paper.session=NAME (a journal in {cfg.paper.journal_dir}/)")
     path = journal_path(cfg, cfg.paper.session)
     if not path.is_file():
         raise FileNotFoundError(f"paper.session={cfg.paper.session}: no journal {path}")
@@ -399,10 +471,14 @@ def replay_journal(cfg: DictConfig) -> Parity:
         meta = journal.meta()
         stored = OmegaConf.create(meta["config"])
         featurize = registry.build("features", stored.features)
-        observer = Observer(featurize, stored.backtest, stored.env.window_size,
-                            meta["contract"]["normalize"].get("stats", {}), meta["contract"]["features"])
-        env = registry.build("env", stored.env, observer.frame(journal.raw_bars()), seed=stored.seed,
-                             num_envs=1)
+        observer = Observer(
+            featurize,
+            stored.backtest,
+            stored.env.window_size,
+            meta["contract"]["normalize"].get("stats", {}),
+            meta["contract"]["features"],
+        )
+        env = registry.build("env", stored.env, observer.frame(journal.raw_bars()), seed=stored.seed, num_envs=1)
         agent = registry.build("agent", stored.agent, env, seed=stored.seed)
         if meta.get("checkpoint"):
             agent.load(Path(meta["checkpoint"]), meta["contract"])

@@ -9,6 +9,7 @@ amount difference after the exchange's lot rounding). There is no real-money mod
 refuses to start without sandbox mode, and without ``EXCHANGE_API_KEY``/``EXCHANGE_API_SECRET``
 (environment or ``.env``), which are never logged, journaled or written to MLflow.
 """
+
 import ccxt
 from omegaconf import OmegaConf
 
@@ -27,32 +28,55 @@ class TestnetBroker:
 
     def __init__(self, data_cfg, broker_cfg, journal: Journal):
         if not broker_cfg.sandbox:
-            raise ConfigError("broker=ccxt_testnet runs only against the exchange's sandbox "
-                              "(broker.sandbox=true); there is no real-money mode")
+            raise ConfigError(
+                "broker=ccxt_testnet runs only against the exchange's sandbox "
+                "(broker.sandbox=true); there is no real-money mode"
+            )
         if not exchange_credentials():
-            raise ConfigError("broker=ccxt_testnet needs EXCHANGE_API_KEY and EXCHANGE_API_SECRET "
-                              "(testnet keys) in the environment or .env")
+            raise ConfigError(
+                "broker=ccxt_testnet needs EXCHANGE_API_KEY and EXCHANGE_API_SECRET "
+                "(testnet keys) in the environment or .env"
+            )
         options = OmegaConf.to_container(data_cfg.options or {}, resolve=True)
-        self.client = ExchangeClient(data_cfg.exchange, data_cfg.base_url, options,
-                                     data_cfg.max_retries, data_cfg.backoff_seconds, sandbox=True)
+        self.client = ExchangeClient(
+            data_cfg.exchange, data_cfg.base_url, options, data_cfg.max_retries, data_cfg.backoff_seconds, sandbox=True
+        )
         self.symbol, self.journal = data_cfg.symbol, journal
         journal.db.execute(SCHEMA)
 
     def mirror(self, key: str, kind: str, ts: int, units: float) -> None:
         """Send (once) the market order for a paper fill of ``units`` (base currency)."""
-        done = self.journal.db.execute("SELECT 1 FROM exchange_orders WHERE key = ? AND kind = ?",
-                                       (key, kind)).fetchone()
+        done = self.journal.db.execute(
+            "SELECT 1 FROM exchange_orders WHERE key = ? AND kind = ?", (key, kind)
+        ).fetchone()
         if done:
             return
         client_id = f"{key}:{kind}".replace(":", "-")[-36:]  # the exchange's id length limit
         order = self._existing(client_id) or self.client.call(
-            "create_order", self.symbol, "market", "buy" if units > 0 else "sell", abs(units), None,
-            {"newClientOrderId": client_id})
+            "create_order",
+            self.symbol,
+            "market",
+            "buy" if units > 0 else "sell",
+            abs(units),
+            None,
+            {"newClientOrderId": client_id},
+        )
         filled = float(order.get("filled") or 0.0)
         self.journal.db.execute(
             "INSERT OR IGNORE INTO exchange_orders VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (key, kind, ts, order.get("side"), abs(units), filled, order.get("average"),
-             order.get("status"), str(order.get("id")), abs(units) - filled))
+            (
+                key,
+                kind,
+                ts,
+                order.get("side"),
+                abs(units),
+                filled,
+                order.get("average"),
+                order.get("status"),
+                str(order.get("id")),
+                abs(units) - filled,
+            ),
+        )
 
     def _existing(self, client_id: str) -> dict | None:
         """The order already on the exchange under ``client_id`` (a crash after sending)."""

@@ -1,4 +1,5 @@
 """Scenario injectors (importing registers them) and their composition."""
+
 import pandas as pd
 
 from src import registry

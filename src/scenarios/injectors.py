@@ -17,6 +17,7 @@ level the window ended on (their returns are the original ones).
   loss over ``recovery_bars``; each bar's share d of the path is added to its move and widens its
   range by |d| on the side it moves.
 """
+
 from collections.abc import Callable
 
 import numpy as np
@@ -50,16 +51,20 @@ def window(df: pd.DataFrame, start: int, cfg, name: str) -> tuple[int, int]:
     ``start``) or at a seeded random row, ``cfg.bars`` long; it must fit inside the rows."""
     span, length = len(df) - start, int(cfg["bars"])
     if length >= span:
-        raise ConfigError(f"scenario.{name}: {length} bars do not fit the {span} bars of the "
-                          f"stressed split; valid: fewer than {span} (or more data)")
+        raise ConfigError(
+            f"scenario.{name}: {length} bars do not fit the {span} bars of the "
+            f"stressed split; valid: fewer than {span} (or more data)"
+        )
     if cfg.get("at") is not None:
         first = start + int(cfg["at"] * span)
     else:
         first = start + int(np.random.default_rng(cfg["seed"]).integers(0, span - length))
     if first + length > len(df):
-        raise ConfigError(f"scenario.{name}.at={cfg['at']}: a window of {length} bars from row "
-                          f"{first - start} runs past the end of the {span} bars of the stressed "
-                          f"split; valid: at <= {(span - length) / span:.3f}")
+        raise ConfigError(
+            f"scenario.{name}.at={cfg['at']}: a window of {length} bars from row "
+            f"{first - start} runs past the end of the {span} bars of the stressed "
+            f"split; valid: at <= {(span - length) / span:.3f}"
+        )
     return first, first + length
 
 
@@ -70,14 +75,12 @@ def rebuild(df: pd.DataFrame, first: int, end: int, transform: Callable[[Moves],
     previous = np.r_[o[0], c[:-1]]
     gap = np.log(o / previous)
     up, down, move = np.log(h / o), np.log(l / o), np.log(c / o)
-    up[first:end], down[first:end], move[first:end] = transform(
-        (up[first:end], down[first:end], move[first:end]))
+    up[first:end], down[first:end], move[first:end] = transform((up[first:end], down[first:end], move[first:end]))
     log_close = np.log(c)
     base = np.log(previous[first])
     log_close[first:] = base + np.cumsum(gap[first:] + move[first:])
     log_open = np.r_[base, log_close[first:-1]] + gap[first:]
-    bars = np.exp(np.stack([log_open, log_open + up[first:], log_open + down[first:],
-                            log_close[first:]], axis=1))
+    bars = np.exp(np.stack([log_open, log_open + up[first:], log_open + down[first:], log_close[first:]], axis=1))
     bars[:, 1] = bars.max(axis=1)  # a close at the high: equal up to rounding of the two sums
     bars[:, 2] = bars.min(axis=1)
     out = df.copy()
@@ -94,8 +97,15 @@ def none(df: pd.DataFrame, start: int, cfg):
     return df, []
 
 
-@injector("flash_crash", drop=Range(0, 1, low_open=True, high_open=True), crash_bars=COUNT,
-          recovery=FRACTION, recovery_bars=COUNT, at=OPEN_FRACTION, volume_spike=POSITIVE)
+@injector(
+    "flash_crash",
+    drop=Range(0, 1, low_open=True, high_open=True),
+    crash_bars=COUNT,
+    recovery=FRACTION,
+    recovery_bars=COUNT,
+    at=OPEN_FRACTION,
+    volume_spike=POSITIVE,
+)
 def flash_crash(df: pd.DataFrame, start: int, cfg):
     """Fall by ``drop`` over ``crash_bars``, recover ``recovery`` of the loss over
     ``recovery_bars``, volume x ``volume_spike`` meanwhile."""

@@ -1,4 +1,5 @@
 """Extra consumers of a run's metrics besides MLflow (e.g. a Ray Tune trial reporting to ASHA)."""
+
 from collections.abc import Callable
 
 Listener = Callable[[dict[str, float], int], None]  # (metrics, step) -> None

@@ -1,4 +1,5 @@
 """MLflow helpers: where runs go, the flattened config as params (secrets removed)."""
+
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,9 +76,13 @@ def mlflow_run(cfg: DictConfig, run_name: str, run_id: str | None = None) -> Ite
         opened = mlflow.start_run(run_id=run_id, log_system_metrics=True)
     else:
         parent = cfg.mlflow.get("parent_run_id")
-        opened = mlflow.start_run(experiment_id=experiment_id(cfg.mlflow.experiment), run_name=run_name,
-                                  tags={"mlflow.parentRunId": parent} if parent else None,
-                                  nested=mlflow.active_run() is not None, log_system_metrics=True)
+        opened = mlflow.start_run(
+            experiment_id=experiment_id(cfg.mlflow.experiment),
+            run_name=run_name,
+            tags={"mlflow.parentRunId": parent} if parent else None,
+            nested=mlflow.active_run() is not None,
+            log_system_metrics=True,
+        )
     with opened as run:
         if not run_id:
             mlflow.log_params(flatten_params(cfg))

@@ -15,6 +15,9 @@ rerunning into the same ``hydra.sweep.dir`` resumes only when they match (``resu
 a new sweep and a new parent run). An interrupted sweep ends its parent run KILLED, a crashed one
 FAILED; trial runs left RUNNING by an interruption are marked KILLED.
 """
+
+from __future__ import annotations
+
 import hashlib
 import json
 import logging
@@ -25,23 +28,22 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any
 
 import mlflow
-import ray
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, run_job, setup_globals
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
-from ray import tune
 from rich.console import Console
-
-from src.backtest.metrics import deflated_sharpe
 from rich.table import Table
 
 from hydra_plugins.ray_tune_sweeper.config import RayTuneSweeperConf
 from hydra_plugins.ray_tune_sweeper.search_space import parse
+
+if TYPE_CHECKING:
+    from ray import tune
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ def tune_key(name: str) -> str:
     return name.replace("/", "_")
 
 
-def _report_numbers(metrics: Dict[str, Any]) -> Dict[str, float]:
+def _report_numbers(metrics: dict[str, Any]) -> dict[str, float]:
     return {tune_key(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
@@ -62,6 +64,8 @@ def _trial_resources(config: DictConfig, threads: int) -> Any:
     """What one trial reserves: ``threads`` CPUs, plus with ``resources=ray`` one CPU per
     collection worker it may use (``max_workers`` with autoscale, else ``num_workers``): its
     placement group holds them, so the trial's workers and their scaler stay inside it."""
+    from ray import tune  # heavy: imported when a sweep runs, not at plugin discovery
+
     if OmegaConf.select(config, "resources.name") != "ray":
         return {"cpu": threads}
     ray_settings = OmegaConf.select(config, "resources.ray")
@@ -73,10 +77,21 @@ def _override(key: str, value: Any) -> str:
     return f"{key}={value}"
 
 
-def _trial(sampled: Dict[str, Any], *, fixed: List[str], hydra_context: HydraContext,
-           config: DictConfig, task_function: TaskFunction, singleton_state: Any,
-           metric: str, parent_run_id: Optional[str], threads: int) -> None:
+def _trial(
+    sampled: dict[str, Any],
+    *,
+    fixed: list[str],
+    hydra_context: HydraContext,
+    config: DictConfig,
+    task_function: TaskFunction,
+    singleton_state: Any,
+    metric: str,
+    parent_run_id: str | None,
+    threads: int,
+) -> None:
     """One Ray Tune trial: a Hydra job with the sampled overrides (runs in a Ray worker)."""
+    from ray import tune  # heavy: imported when a sweep runs, not at plugin discovery
+
     from src.tracking import listeners  # the project's hook for intermediate metrics
 
     setup_globals()
@@ -94,30 +109,44 @@ def _trial(sampled: Dict[str, Any], *, fixed: List[str], hydra_context: HydraCon
         sweep_config.hydra.job.num = int(trial.get_trial_name().rsplit("_", 1)[-1])
         sweep_config.run_name = f"{sweep_config.run_name}-{trial.get_trial_id()}"
 
-    def report(metrics: Dict[str, float], step: int) -> None:
+    def report(metrics: dict[str, float], step: int) -> None:
         numbers = _report_numbers(metrics)
         if metric in numbers:  # validation evaluations only: what ASHA compares
             tune.report({**numbers, "frames": step})
 
     listeners.add(report)
     try:
-        result: JobReturn = run_job(hydra_context=hydra_context, task_function=task_function,
-                                    config=sweep_config, job_dir_key="hydra.sweep.dir",
-                                    job_subdir_key="hydra.sweep.subdir")
+        result: JobReturn = run_job(
+            hydra_context=hydra_context,
+            task_function=task_function,
+            config=sweep_config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
         final = _report_numbers(result.return_value)  # re-raises the job's exception
     finally:
         listeners.remove(report)
     if not math.isfinite(final.get(metric, float("nan"))):
         raise ValueError(f"trial finished without a finite {metric!r}: {final}")
-    tune.report({**final, "trial_completed": True,
-                 "output_dir": result.return_value.get("output_dir", "")})
+    tune.report({**final, "trial_completed": True, "output_dir": result.return_value.get("output_dir", "")})
 
 
-def fingerprint(lines: List[str], conf: DictConfig) -> str:
+def fingerprint(lines: list[str], conf: DictConfig) -> str:
     """Hash of what makes a sweep the same sweep: its override lines (search space and fixed
     values) and the search settings."""
-    settings = {key: conf[key] for key in ("num_samples", "metric", "mode", "search_alg",
-                                            "scheduler", "grace_period", "reduction_factor", "seed")}
+    settings = {
+        key: conf[key]
+        for key in (
+            "num_samples",
+            "metric",
+            "mode",
+            "search_alg",
+            "scheduler",
+            "grace_period",
+            "reduction_factor",
+            "seed",
+        )
+    }
     record = json.dumps({"overrides": sorted(lines), **settings}, sort_keys=True, default=str)
     return hashlib.sha256(record.encode()).hexdigest()
 
@@ -128,24 +157,29 @@ class RayTuneSweeper(Sweeper):
         if self.conf.mode not in ("max", "min"):
             raise ValueError(f"hydra.sweeper.mode={self.conf.mode!r}; valid: max, min")
         if not self.conf.metric.startswith("val_"):
-            raise ValueError(f"hydra.sweeper.metric={self.conf.metric!r}: a sweep selects on a "
-                             "validation metric only (the test split is evaluated once, for the "
-                             "best trial); valid: val_<metric>, e.g. val_sharpe, val_sortino")
-        self.hydra_context: Optional[HydraContext] = None
-        self.task_function: Optional[TaskFunction] = None
-        self.config: Optional[DictConfig] = None
+            raise ValueError(
+                f"hydra.sweeper.metric={self.conf.metric!r}: a sweep selects on a "
+                "validation metric only (the test split is evaluated once, for the "
+                "best trial); valid: val_<metric>, e.g. val_sharpe, val_sortino"
+            )
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+        self.config: DictConfig | None = None
 
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
-              config: DictConfig) -> None:
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
 
-    def sweep(self, arguments: List[str]) -> Any:
+    def sweep(self, arguments: list[str]) -> Any:
+        from ray import tune  # heavy: imported when a sweep runs, not at plugin discovery
+
         assert self.config is not None and self.hydra_context is not None
         conf, config = self.conf, self.config
         space, fixed = parse(arguments, OmegaConf.to_container(conf.params, resolve=True))
         if not space:
-            raise ValueError("hydra/sweeper=ray_tune needs at least one sweep override, e.g. "
-                             "agent.lr='tag(log, interval(1e-4, 1e-2))'")
+            raise ValueError(
+                "hydra/sweeper=ray_tune needs at least one sweep override, e.g. "
+                "agent.lr='tag(log, interval(1e-4, 1e-2))'"
+            )
         sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         storage = Path(conf.storage_path or sweep_dir / "ray_results").absolute()
@@ -155,9 +189,16 @@ class RayTuneSweeper(Sweeper):
         parent = self._start_parent_run(sweep_dir, resuming)
         threads = int(conf.cpus_per_trial or OmegaConf.select(config, "resources.num_threads") or 1)
         trainable = tune.with_parameters(
-            _trial, fixed=fixed, hydra_context=self.hydra_context, config=config,
-            task_function=self.task_function, singleton_state=Singleton.get_state(),
-            metric=conf.metric, parent_run_id=parent, threads=threads)
+            _trial,
+            fixed=fixed,
+            hydra_context=self.hydra_context,
+            config=config,
+            task_function=self.task_function,
+            singleton_state=Singleton.get_state(),
+            metric=conf.metric,
+            parent_run_id=parent,
+            threads=threads,
+        )
         trainable = tune.with_resources(trainable, _trial_resources(config, threads))
         tuner = self._tuner(trainable, space, storage, config, resuming)
         status = "FAILED"
@@ -165,8 +206,11 @@ class RayTuneSweeper(Sweeper):
             grid, interrupted = _fit(tuner)
             if interrupted or len(grid) < _expected_trials(space, conf.num_samples):
                 status = "KILLED"
-                log.warning("Sweep interrupted (%d of %d trials started); rerun the same command "
-                            "to resume it", len(grid), _expected_trials(space, conf.num_samples))
+                log.warning(
+                    "Sweep interrupted (%d of %d trials started); rerun the same command to resume it",
+                    len(grid),
+                    _expected_trials(space, conf.num_samples),
+                )
                 return None
             results = self._summarise(grid, space, fixed, sweep_dir, parent)
             results["best_test"] = self._test_best(results, grid, parent)
@@ -184,6 +228,8 @@ class RayTuneSweeper(Sweeper):
     def _prepare_storage(self, storage: Path, print_: str) -> bool:
         """True to resume the sweep stored at ``storage``: it exists, ``resume`` is on and its
         fingerprint matches (a mismatch is refused). Otherwise a stored sweep is moved aside."""
+        from ray import tune  # heavy: imported when a sweep runs, not at plugin discovery
+
         stored_dir, record = storage / "sweep", storage / "sweep_fingerprint"
         if not tune.Tuner.can_restore(str(stored_dir)):
             storage.mkdir(parents=True, exist_ok=True)
@@ -196,7 +242,8 @@ class RayTuneSweeper(Sweeper):
                     f"hydra.sweeper.resume=true, but the sweep stored at {stored_dir} was started "
                     "with another search space, fixed overrides, num_samples, metric or search "
                     "settings; rerun with hydra.sweeper.resume=false to start a new sweep there "
-                    "(the old one is kept beside it), or pick another hydra.sweep.dir")
+                    "(the old one is kept beside it), or pick another hydra.sweep.dir"
+                )
             return True
         aside = storage / f"sweep-replaced-{time.strftime('%Y%m%d-%H%M%S')}"
         shutil.move(str(stored_dir), str(aside))
@@ -205,6 +252,8 @@ class RayTuneSweeper(Sweeper):
         return False
 
     def _start_ray(self, storage: Path) -> None:
+        import ray
+
         if ray.is_initialized():
             return
         env = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "PYTHONUNBUFFERED": "1"}
@@ -212,47 +261,66 @@ class RayTuneSweeper(Sweeper):
         if self.conf.ray_address:
             ray.init(address=self.conf.ray_address, runtime_env={"env_vars": env})
         else:
-            ray.init(num_cpus=self.conf.num_cpus, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": env}, _node_ip_address="127.0.0.1")
+            ray.init(
+                num_cpus=self.conf.num_cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                runtime_env={"env_vars": env},
+                _node_ip_address="127.0.0.1",
+            )
 
-    def _tuner(self, trainable: Any, space: Dict[str, Any], storage: Path,
-               config: DictConfig, resuming: bool) -> tune.Tuner:
+    def _tuner(
+        self, trainable: Any, space: dict[str, Any], storage: Path, config: DictConfig, resuming: bool
+    ) -> tune.Tuner:
+        from ray import tune  # heavy: imported when a sweep runs, not at plugin discovery
+
         conf = self.conf
         name = "sweep"
         if resuming:
             log.info(f"Resuming the sweep stored at {storage / name}")
-            return tune.Tuner.restore(str(storage / name), trainable, resume_unfinished=True,
-                                      resume_errored=False, param_space=space)
+            return tune.Tuner.restore(
+                str(storage / name), trainable, resume_unfinished=True, resume_errored=False, param_space=space
+            )
         seed = conf.seed if conf.seed is not None else config.get("seed")
         tune_config = tune.TuneConfig(
-            metric=conf.metric, mode=conf.mode, num_samples=conf.num_samples,
-            search_alg=self._search_alg(seed), scheduler=self._scheduler(),
-            max_concurrent_trials=conf.max_concurrent_trials)
+            metric=conf.metric,
+            mode=conf.mode,
+            num_samples=conf.num_samples,
+            search_alg=self._search_alg(seed),
+            scheduler=self._scheduler(),
+            max_concurrent_trials=conf.max_concurrent_trials,
+        )
         run_config = tune.RunConfig(
-            name=name, storage_path=str(storage), verbose=1,
-            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False))
-        return tune.Tuner(trainable, param_space=space, tune_config=tune_config,
-                          run_config=run_config)
+            name=name,
+            storage_path=str(storage),
+            verbose=1,
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+        )
+        return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
 
-    def _search_alg(self, seed: Optional[int]) -> Any:
+    def _search_alg(self, seed: int | None) -> Any:
         if self.conf.search_alg == "random":
             from ray.tune.search.basic_variant import BasicVariantGenerator
 
             return BasicVariantGenerator(random_state=seed)
         if self.conf.search_alg == "optuna":
-            from ray.tune.search.optuna import OptunaSearch
             import optuna
+            from ray.tune.search.optuna import OptunaSearch
 
             return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed))
         raise ValueError(f"hydra.sweeper.search_alg={self.conf.search_alg!r}; valid: random, optuna")
 
     def _scheduler(self) -> Any:
+        from ray import tune  # heavy: imported when a sweep runs, not at plugin discovery
+
         if self.conf.scheduler == "fifo":
             return tune.schedulers.FIFOScheduler()
         if self.conf.scheduler == "asha":
-            return tune.schedulers.ASHAScheduler(time_attr="training_iteration",
-                                                 grace_period=self.conf.grace_period,
-                                                 reduction_factor=self.conf.reduction_factor)
+            return tune.schedulers.ASHAScheduler(
+                time_attr="training_iteration",
+                grace_period=self.conf.grace_period,
+                reduction_factor=self.conf.reduction_factor,
+            )
         raise ValueError(f"hydra.sweeper.scheduler={self.conf.scheduler!r}; valid: fifo, asha")
 
     def _start_parent_run(self, sweep_dir: Path, resuming: bool) -> str:
@@ -267,17 +335,25 @@ class RayTuneSweeper(Sweeper):
             parent = record.read_text().strip()
             _close_orphan_trials(parent)
             return mlflow.start_run(run_id=parent).info.run_id
-        run = mlflow.start_run(experiment_id=experiment_id(self.config.mlflow.experiment),
-                               run_name=f"sweep-{sweep_dir.name}")
+        run = mlflow.start_run(
+            experiment_id=experiment_id(self.config.mlflow.experiment), run_name=f"sweep-{sweep_dir.name}"
+        )
         record.write_text(run.info.run_id)
-        mlflow.log_params({"sweep.dir": str(sweep_dir), "sweep.metric": self.conf.metric,
-                           "sweep.mode": self.conf.mode, "sweep.search_alg": self.conf.search_alg,
-                           "sweep.scheduler": self.conf.scheduler,
-                           "sweep.num_samples": self.conf.num_samples})
+        mlflow.log_params(
+            {
+                "sweep.dir": str(sweep_dir),
+                "sweep.metric": self.conf.metric,
+                "sweep.mode": self.conf.mode,
+                "sweep.search_alg": self.conf.search_alg,
+                "sweep.scheduler": self.conf.scheduler,
+                "sweep.num_samples": self.conf.num_samples,
+            }
+        )
         return run.info.run_id
 
-    def _summarise(self, grid: Any, space: Dict[str, Any], fixed: List[str], sweep_dir: Path,
-                   parent_run_id: str) -> Dict[str, Any]:
+    def _summarise(
+        self, grid: Any, space: dict[str, Any], fixed: list[str], sweep_dir: Path, parent_run_id: str
+    ) -> dict[str, Any]:
         conf = self.conf
         rows = []
         for result in grid:
@@ -286,10 +362,18 @@ class RayTuneSweeper(Sweeper):
             params = {k: config.get(k, "?") for k in space}
             error = _last_line(str(result.error)) if result.error else ""
             stopped = not error and not metrics.get("trial_completed", False)
-            rows.append({"params": params, "value": metrics.get(conf.metric), "error": error,
-                         "stopped": stopped, "trial_id": metrics.get("trial_id"),
-                         "sharpe": {k: metrics.get(f"val_{k}") for k in SHARPE_INPUTS}})
+            rows.append(
+                {
+                    "params": params,
+                    "value": metrics.get(conf.metric),
+                    "error": error,
+                    "stopped": stopped,
+                    "trial_id": metrics.get("trial_id"),
+                    "sharpe": {k: metrics.get(f"val_{k}") for k in SHARPE_INPUTS},
+                }
+            )
         _mark_stopped_runs(parent_run_id, [r["trial_id"] for r in rows if r["stopped"]])
+
         def ranked(subset):
             return sorted(subset, key=lambda r: r["value"], reverse=conf.mode == "max")
 
@@ -301,34 +385,55 @@ class RayTuneSweeper(Sweeper):
         if not finished:
             raise RuntimeError(f"no trial completed; see {sweep_dir}/ray_results")
         best = finished[0]
-        results = {"name": "ray_tune", "metric": conf.metric, "mode": conf.mode,
-                   "best_evaluated_params": best["params"], "best_value": best["value"],
-                   "best_overrides": fixed + [_override(k, v) for k, v in best["params"].items()],
-                   "best_trial_id": best["trial_id"], "trials": len(rows),
-                   "failed_trials": len(failed)}
-        mlflow.log_metrics({f"best_{conf.metric}": best["value"], "trials": len(rows),
-                            "failed_trials": len(failed)})
+        results = {
+            "name": "ray_tune",
+            "metric": conf.metric,
+            "mode": conf.mode,
+            "best_evaluated_params": best["params"],
+            "best_value": best["value"],
+            "best_overrides": fixed + [_override(k, v) for k, v in best["params"].items()],
+            "best_trial_id": best["trial_id"],
+            "trials": len(rows),
+            "failed_trials": len(failed),
+        }
+        mlflow.log_metrics({f"best_{conf.metric}": best["value"], "trials": len(rows), "failed_trials": len(failed)})
         if all(r["sharpe"]["sharpe_per_period"] is not None for r in finished):
+            from src.backtest.metrics import deflated_sharpe
+
             inputs = best["sharpe"]
-            dsr = deflated_sharpe(inputs["sharpe_per_period"], int(inputs["n_returns"]), inputs["skewness"],
-                                  inputs["kurtosis"], [r["sharpe"]["sharpe_per_period"] for r in finished])
+            dsr = deflated_sharpe(
+                inputs["sharpe_per_period"],
+                int(inputs["n_returns"]),
+                inputs["skewness"],
+                inputs["kurtosis"],
+                [r["sharpe"]["sharpe_per_period"] for r in finished],
+            )
             results["best_validation_psr"] = inputs["psr"]
             results["deflated_sharpe"] = dsr  # the best trial's validation Sharpe, deflated for N trials
             mlflow.log_metrics({"best_val_psr": inputs["psr"], **{f"best_val_dsr/{k}": v for k, v in dsr.items()}})
-            log.info("Best trial's validation PSR %.2f, deflated Sharpe ratio %.2f over %d trials",
-                     inputs["psr"], dsr["dsr"], len(finished))
+            log.info(
+                "Best trial's validation PSR %.2f, deflated Sharpe ratio %.2f over %d trials",
+                inputs["psr"],
+                dsr["dsr"],
+                len(finished),
+            )
         return results
 
-    def _test_best(self, results: Dict[str, Any], grid: Any, parent_run_id: str) -> Dict[str, float]:
+    def _test_best(self, results: dict[str, Any], grid: Any, parent_run_id: str) -> dict[str, float]:
         """The sweep's one test evaluation: the best trial's policy (its checkpoint, else its
         overrides) backtested on the test split, as a child run; its figures go on the parent."""
         assert self.hydra_context is not None and self.task_function is not None
         parent = mlflow.MlflowClient().get_run(parent_run_id).data
         if parent.tags.get("best_trial_id") == str(results["best_trial_id"]):  # tested already
-            return {k.removeprefix("best_"): v for k, v in parent.metrics.items()
-                    if k.startswith("best_test/")}
-        best_dir = next((r.metrics.get("output_dir") for r in grid
-                         if (r.metrics or {}).get("trial_id") == results["best_trial_id"]), None)
+            return {k.removeprefix("best_"): v for k, v in parent.metrics.items() if k.startswith("best_test/")}
+        best_dir = next(
+            (
+                r.metrics.get("output_dir")
+                for r in grid
+                if (r.metrics or {}).get("trial_id") == results["best_trial_id"]
+            ),
+            None,
+        )
         overrides = list(results["best_overrides"]) + ["++evaluate_test=true"]
         checkpoint = Path(best_dir or "") / "policy.pt"
         if best_dir and checkpoint.is_file():
@@ -339,15 +444,21 @@ class RayTuneSweeper(Sweeper):
             config.hydra.job.num = results["trials"]
             config.run_name = f"{config.run_name}-test-of-best"
             config.mlflow.parent_run_id = parent_run_id
-        result = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
-                         config=config, job_dir_key="hydra.sweep.dir",
-                         job_subdir_key="hydra.sweep.subdir")
+        result = run_job(
+            hydra_context=self.hydra_context,
+            task_function=self.task_function,
+            config=config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
         test = {k: float(v) for k, v in result.return_value.items() if k.startswith("test/")}
         mlflow.log_metrics({f"best_{k}": v for k, v in test.items()})
         mlflow.set_tag("best_trial_id", str(results["best_trial_id"]))
-        Console().print(f"Best trial on the test split (evaluated once): Sharpe "
-                        f"{test.get('test/sharpe', float('nan')):+.3f}, total return "
-                        f"{test.get('test/total_return', float('nan')):+.2%}")
+        Console().print(
+            f"Best trial on the test split (evaluated once): Sharpe "
+            f"{test.get('test/sharpe', float('nan')):+.3f}, total return "
+            f"{test.get('test/total_return', float('nan')):+.2%}"
+        )
         return test
 
 
@@ -361,7 +472,7 @@ def _last_line(text: str) -> str:
     return lines[-1][:100] if lines else text[:100]
 
 
-def _fit(tuner: tune.Tuner) -> Tuple[Any, bool]:
+def _fit(tuner: tune.Tuner) -> tuple[Any, bool]:
     """(result grid, whether Ctrl-C interrupted the run). Ray Tune catches the first SIGINT, saves
     its state and returns normally; its handler then puts back the one it found, which is how an
     interruption shows (a finished run leaves Ray's handler installed; it is removed here)."""
@@ -375,44 +486,43 @@ def _fit(tuner: tune.Tuner) -> Tuple[Any, bool]:
     return grid, interrupted
 
 
-def _expected_trials(space: Dict[str, Any], num_samples: int) -> int:
+def _expected_trials(space: dict[str, Any], num_samples: int) -> int:
     """Trials a finished sweep has: num_samples x the size of every grid axis."""
-    return num_samples * math.prod(len(v["grid_search"]) for v in space.values()
-                                   if isinstance(v, dict) and "grid_search" in v)
+    return num_samples * math.prod(
+        len(v["grid_search"]) for v in space.values() if isinstance(v, dict) and "grid_search" in v
+    )
 
 
 def _close_orphan_trials(parent_run_id: str) -> None:
     """Trial runs an interruption left RUNNING under ``parent_run_id`` are marked KILLED."""
     client = mlflow.MlflowClient()
     parent = client.get_run(parent_run_id)
-    for child in client.search_runs([parent.info.experiment_id],
-                                    f"tags.mlflow.parentRunId = '{parent_run_id}' and "
-                                    "attributes.status = 'RUNNING'"):
+    for child in client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    ):
         client.set_tag(child.info.run_id, "stopped_by", "interruption")
         client.set_terminated(child.info.run_id, "KILLED")
 
 
-def _mark_stopped_runs(parent_run_id: str, trial_ids: List[str]) -> None:
+def _mark_stopped_runs(parent_run_id: str, trial_ids: list[str]) -> None:
     """Trials the scheduler stopped early were interrupted mid-run: mark their MLflow runs KILLED."""
     if not trial_ids:
         return
     client = mlflow.MlflowClient()
     parent = client.get_run(parent_run_id)
-    children = client.search_runs([parent.info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
     for child in children:
         if any(child.info.run_name.endswith(trial_id) for trial_id in trial_ids):
             client.set_tag(child.info.run_id, "stopped_by", "scheduler")
             client.set_terminated(child.info.run_id, "KILLED")
 
 
-def _table(rows: List[Dict[str, Any]], keys: List[str], metric: str) -> Table:
+def _table(rows: list[dict[str, Any]], keys: list[str], metric: str) -> Table:
     table = Table(title=f"Ray Tune trials, best first by {metric}")
     for key in keys + [metric, "status"]:
         table.add_column(key, justify="right")
     for row in rows:
         value = "-" if row["value"] is None else f"{row['value']:+.4f}"
-        status = (f"FAILED: {row['error']}" if row["error"]
-                  else "stopped early" if row["stopped"] else "completed")
+        status = f"FAILED: {row['error']}" if row["error"] else "stopped early" if row["stopped"] else "completed"
         table.add_row(*(_short(row["params"][k]) for k in keys), value, status)
     return table

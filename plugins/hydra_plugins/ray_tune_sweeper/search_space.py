@@ -12,15 +12,17 @@
 | tag(log, int(interval(a,b))) | lograndint(a, b + 1)     |
 | plain value                  | fixed for every trial    |
 """
-from typing import Any, Dict, List, Tuple
+
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
-from ray import tune
 
 
 def to_tune(override: Override) -> Any:
     """The Ray Tune domain for one sweep override."""
+    from ray import tune  # imported when a sweep runs, not when Hydra discovers the plugin
+
     value = override.value()
     if isinstance(value, ChoiceSweep):
         options = list(value.list)
@@ -36,14 +38,14 @@ def to_tune(override: Override) -> Any:
     raise ValueError(f"{override.input_line}: unsupported sweep for Ray Tune")
 
 
-def parse(arguments: List[str], params: Dict[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
+def parse(arguments: list[str], params: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """(search space keyed by config key, fixed overrides) from CLI ``arguments`` and ``params``.
 
     Command-line arguments win over ``hydra.sweeper.params`` for the same key.
     """
     lines = [f"{key}={value}" for key, value in params.items()] + list(arguments)
-    space: Dict[str, Any] = {}
-    fixed: Dict[str, str] = {}
+    space: dict[str, Any] = {}
+    fixed: dict[str, str] = {}
     for override in OverridesParser.create().parse_overrides(lines):
         key = override.get_key_element()
         space.pop(key, None)

@@ -4,17 +4,17 @@ Hydra finds a group ``G`` as a sub-folder ``G/`` of a search-path root. Our expe
 ``experiments/*.yaml`` (not ``conf/experiment/``), so this config source presents a virtual root
 whose only group, ``experiment``, is that folder: ``experiment=NAME`` loads ``experiments/NAME.yaml``.
 """
-import os
-from typing import List, Optional
 
+import os
+
+from hydra._internal.core_plugins.file_config_source import FileConfigSource
 from hydra.core.object_type import ObjectType
 from hydra.plugins.config_source import ConfigResult, ConfigSource
-from hydra._internal.core_plugins.file_config_source import FileConfigSource
 
 GROUP = "experiment"
 
 
-def _inner(config_path: str) -> Optional[str]:
+def _inner(config_path: str) -> str | None:
     """Path inside the experiments folder, or None when ``config_path`` is outside the group."""
     if config_path == GROUP:
         return ""
@@ -50,7 +50,7 @@ class ExperimentsConfigSource(ConfigSource):
         inner = _inner(config_path)
         return bool(inner) and self._files.is_config(inner)
 
-    def list(self, config_path: str, results_filter: Optional[ObjectType]) -> List[str]:
+    def list(self, config_path: str, results_filter: ObjectType | None) -> list[str]:
         if config_path == "":
             return [GROUP] if results_filter in (None, ObjectType.GROUP) else []
         inner = _inner(config_path)

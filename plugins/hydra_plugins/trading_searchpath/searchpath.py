@@ -1,4 +1,5 @@
 """Add ``experiments/`` (the project root's, or $RLTRADE_EXPERIMENTS_DIR) to Hydra's search path."""
+
 import os
 
 from hydra.core.config_search_path import ConfigSearchPath
