@@ -170,10 +170,10 @@ def _report(cfg, rows, summary, stitched, boundaries, output_dir: Path) -> None:
     names = (agent, "buy_and_hold", "random")
     table.add_column("fold", no_wrap=True, min_width=8)
     table.add_column("test from", no_wrap=True)
-    table.add_column(f"{agent} Sharpe", justify="right", min_width=len(agent))
-    table.add_column(f"{agent} return", justify="right", min_width=len(agent))
+    table.add_column(f"{agent}\nSharpe", justify="right", min_width=len(agent))
+    table.add_column(f"{agent}\nreturn", justify="right", min_width=len(agent))
     for name in names[1:]:
-        table.add_column(f"{name} Sharpe", justify="right", min_width=len(name))
+        table.add_column(f"{name}\nSharpe", justify="right", min_width=len(name))
 
     def cells(values: dict) -> list[str]:
         out = [f"{values[f'{agent}_sharpe']:+.2f}", f"{values[f'{agent}_total_return']:+.1%}"]

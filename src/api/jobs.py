@@ -10,7 +10,7 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
+import subprocess  # nosec B404
 import sys
 import threading
 import time
@@ -116,7 +116,8 @@ class JobStore:
         command = [sys.executable, "-m", "src.run", *overrides, f"hydra.run.dir={output / 'run'}"]
         wrapper = ["bash", "-c", '"$@" > "$0/log.txt" 2>&1; echo $? > "$0/returncode"', str(output), *command]
         env = {**os.environ, **(self.env or {}), "PYTHONUNBUFFERED": "1"}
-        process = subprocess.Popen(
+        # an argument list (no shell parsing of request text) of our own command and validated overrides
+        process = subprocess.Popen(  # nosec B603
             wrapper, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         threading.Thread(target=process.wait, daemon=True).start()  # reap it when it ends

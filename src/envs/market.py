@@ -86,7 +86,8 @@ class MarketRules:
             self.capital,
             REENTER[self.reenter],
         ]
-        assert len(values) == kernels.N_RULES == len(fields(self))
+        if not len(values) == kernels.N_RULES == len(fields(self)):
+            raise RuntimeError("MarketRules and src/envs/kernels.py disagree on the rules vector")
         return np.asarray(values, dtype=np.float64)
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 
 from src.data.validate import OHLCV
 
+TABLES = ("meta", "bars", "decisions", "orders", "fills", "equity", "events", "state")  # SCHEMA's
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS bars (ts INTEGER PRIMARY KEY, open REAL, high REAL, low REAL,
@@ -135,7 +136,11 @@ class Journal:
         return self.db.execute("SELECT count(*) FROM bars WHERE history = 0").fetchone()[0]
 
     def table(self, name: str) -> pd.DataFrame:
-        return pd.read_sql_query(f"SELECT * FROM {name} ORDER BY ts, rowid", self.db)  # noqa: S608 - fixed names
+        if name not in TABLES:
+            raise ValueError(f"unknown journal table {name!r}; tables: {', '.join(TABLES)}")
+        # the table name is one of TABLES (checked above), never user text
+        query = f"SELECT * FROM {name} ORDER BY ts, rowid"  # nosec B608
+        return pd.read_sql_query(query, self.db)
 
     def close(self) -> None:
         self.db.close()

@@ -172,7 +172,8 @@ class RayTuneSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         from ray import tune  # heavy: imported when a sweep runs, not at plugin discovery
 
-        assert self.config is not None and self.hydra_context is not None
+        if self.config is None or self.hydra_context is None:
+            raise RuntimeError("RayTuneSweeper.sweep called before setup")
         conf, config = self.conf, self.config
         space, fixed = parse(arguments, OmegaConf.to_container(conf.params, resolve=True))
         if not space:
@@ -422,7 +423,8 @@ class RayTuneSweeper(Sweeper):
     def _test_best(self, results: dict[str, Any], grid: Any, parent_run_id: str) -> dict[str, float]:
         """The sweep's one test evaluation: the best trial's policy (its checkpoint, else its
         overrides) backtested on the test split, as a child run; its figures go on the parent."""
-        assert self.hydra_context is not None and self.task_function is not None
+        if self.hydra_context is None or self.task_function is None:
+            raise RuntimeError("RayTuneSweeper._test_best called before setup")
         parent = mlflow.MlflowClient().get_run(parent_run_id).data
         if parent.tags.get("best_trial_id") == str(results["best_trial_id"]):  # tested already
             return {k.removeprefix("best_"): v for k, v in parent.metrics.items() if k.startswith("best_test/")}
