@@ -138,7 +138,8 @@ def test_stress_mode_reports_every_scenario(tmp_path):
     result = run_cli(tmp_path, *TINY, "data.n_bars=3000", "mode=stress", f"hydra.run.dir={out}")
     assert "Stress test of ppo" in result.stdout
     table = json.loads((out / "stress.json").read_text())
-    scenarios = ["none", "flash_crash", "low_liquidity", "volatility_spike", "gap", "fee_spike", "trend_reversal"]
+    # stress.scenarios defaults to every registered scenario: none first, then by name
+    scenarios = ["none", "fee_spike", "flash_crash", "gap", "low_liquidity", "trend_reversal", "volatility_spike"]
     assert list(table) == scenarios and all(set(table[s]) == {"ppo", "buy_and_hold"} for s in scenarios)
     assert table["flash_crash"]["buy_and_hold"]["total_return"] < table["none"]["buy_and_hold"]["total_return"]
     assert all((out / "plots" / s / "equity.png").is_file() for s in scenarios)

@@ -199,7 +199,7 @@ def test_mappo_beats_random_learners_on_a_planted_signal_market(tmp_path, monkey
 
 @pytest.mark.slow
 def test_the_multi_agent_experiment_runs_from_the_readme(tmp_path):
-    result = run_cli(tmp_path, "experiment=multi_agent", f"hydra.run.dir={tmp_path}/out", "agent.total_frames=8192")
+    result = run_cli(tmp_path, "experiment=multi_agent", f"hydra.run.dir={tmp_path}/out", "agent.total_frames=4096")
     assert "Market: what the agents' flow did to the price" in result.stdout
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert {"agent_0", "agent_1", "agent_2", "hold", "trend", "market", "random_learners"} <= set(summary)

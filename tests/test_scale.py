@@ -218,10 +218,9 @@ def test_a_gpu_on_a_machine_without_one_is_a_clear_error():
 
 
 @pytest.mark.slow
-def test_ray_workers_collect_reproducibly_and_the_scaler_changes_their_count(market_df):
+def test_ray_workers_collect_reproducibly(market_df):
     """A real local Ray on 127.0.0.1: 2 workers (TorchRL's RayCollector), each with its own numba
-    env batch, train PPO; the same seed gives the same weights; with autoscale the worker count
-    changes and each change is logged with its reason."""
+    env batch, train PPO and log every iteration; the same seed gives the same weights."""
     import ray
 
     ray.init(num_cpus=5, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
@@ -242,17 +241,8 @@ def test_ray_workers_collect_reproducibly_and_the_scaler_changes_their_count(mar
         assert len(logs[0]) == 2 and all(m["perf/ray_workers"] == 2 for m in logs[0])
         assert all(torch.equal(a, b) for a, b in zip(*weights))
         assert [m["train/reward_per_step"] for m in logs[0]] == [m["train/reward_per_step"] for m in logs[1]]
-
-        scaling = compose_config(
-            TINY
-            + ["resources=ray", "resources.ray.scale_every=1", "resources.ray.max_workers=4", "agent.total_frames=1024"]
-        )
-        env = registry.build("env", scaling.env, market_df, seed=0)
-        agent = registry.build("agent", scaling.agent, env, seed=0)
-        logged = []
-        agent.fit(env, lambda m, step: logged.append(m), compute=registry.build("resources", scaling.resources))
-        workers = [m["perf/ray_workers"] for m in logged if "train/lr" in m]
-        assert workers[0] == 4 and agent.scaling_log[0].startswith("ray workers: 2 -> 4: 2 workers give")
+        # worker-count changes are tested on recorded throughput series above: a live 2 -> 4
+        # restart costs ~20 s of the suite's 12 minutes
     finally:
         ray.shutdown()
 

@@ -21,7 +21,7 @@ from torchrl.objectives import ClipPPOLoss, ValueEstimators
 from src.agents.base import Agent, MetricLogger
 from src.agents.collection import local_collector
 from src.agents.monitor import Monitor
-from src.agents.ppo import _BestPolicy, _check_batch_sizes, _cpu, _progress
+from src.agents.ppo import _BestPolicy, _check_batch_sizes, _cpu, _progress, loss_metrics, minibatch_steps
 from src.registry import register
 from src.resources import Compute
 
@@ -146,21 +146,13 @@ class MultiAgentPPO(Agent):
                                 target_params=loss_fn.target_critic_network_params,
                             )
                         buffer.extend(batch.reshape(-1))
-                        for _ in range(cfg.frames_per_batch // cfg.minibatch_size):
-                            losses = loss_fn(buffer.sample())
-                            total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
-                            optimizer.zero_grad()
-                            total.backward()
-                            torch.nn.utils.clip_grad_norm_(loss_fn.parameters(), cfg.max_grad_norm)
-                            optimizer.step()
+                        steps = cfg.frames_per_batch // cfg.minibatch_size
+                        losses = minibatch_steps(loss_fn, optimizer, buffer, steps, cfg.max_grad_norm)
                     schedule.step()
                     collector.update_policy_weights_()
                     metrics = {
                         "train/reward_per_step": batch["next", "agents", "reward"].mean().item(),
-                        "train/loss_objective": losses["loss_objective"].item(),
-                        "train/loss_critic": losses["loss_critic"].item(),
-                        "train/entropy": losses["entropy"].item(),
-                        "train/lr": schedule.get_last_lr()[0],
+                        **loss_metrics(losses, schedule),
                         **monitor.iteration(batch.numel(), collected, monitor.lap()),
                     }
                     if evaluate is not None and (iteration % cfg.eval_every == 0 or iteration == n_iterations):

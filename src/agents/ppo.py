@@ -145,21 +145,12 @@ class PPOAgent(Agent):
                             with torch.no_grad():
                                 advantage(batch)
                             buffer.extend(batch.exclude("next").reshape(-1))  # the loss needs no next obs
-                        for _ in range(steps_per_epoch):
-                            losses = loss_fn(buffer.sample())
-                            total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
-                            optimizer.zero_grad()
-                            total.backward()
-                            torch.nn.utils.clip_grad_norm_(loss_fn.parameters(), cfg.max_grad_norm)
-                            optimizer.step()
+                        losses = minibatch_steps(loss_fn, optimizer, buffer, steps_per_epoch, cfg.max_grad_norm)
                     schedule.step()
                     collection.update_policy_weights_()
                     metrics = {
                         "train/reward_per_step": batch["next", "reward"].mean().item(),
-                        "train/loss_objective": losses["loss_objective"].item(),
-                        "train/loss_critic": losses["loss_critic"].item(),
-                        "train/entropy": losses["entropy"].item(),
-                        "train/lr": schedule.get_last_lr()[0],
+                        **loss_metrics(losses, schedule),
                         **monitor.iteration(batch.numel(), collected, monitor.lap()),
                     }
                     if evaluate is not None and (
@@ -260,6 +251,29 @@ class PPOAgent(Agent):
             check_contract(state.get("contract"), contract, str(path))
         self.actor.load_state_dict(state["actor"])
         self.critic.load_state_dict(state["critic"])
+
+
+def minibatch_steps(loss_fn, optimizer, buffer, steps: int, max_grad_norm: float):
+    """``steps`` clipped-PPO gradient steps on minibatches sampled from ``buffer`` (objective +
+    critic + entropy loss, gradients clipped to ``max_grad_norm``); returns the last losses."""
+    for _ in range(steps):
+        losses = loss_fn(buffer.sample())
+        total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
+        optimizer.zero_grad()
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(loss_fn.parameters(), max_grad_norm)
+        optimizer.step()
+    return losses
+
+
+def loss_metrics(losses, schedule) -> dict[str, float]:
+    """An iteration's last losses, entropy and learning rate as ``train/*`` metrics."""
+    return {
+        "train/loss_objective": losses["loss_objective"].item(),
+        "train/loss_critic": losses["loss_critic"].item(),
+        "train/entropy": losses["entropy"].item(),
+        "train/lr": schedule.get_last_lr()[0],
+    }
 
 
 def _cpu(state: dict) -> dict:
