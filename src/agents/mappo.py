@@ -16,12 +16,21 @@ from torch.distributions import Categorical
 from torchrl.data import LazyTensorStorage, ReplayBuffer, SamplerWithoutReplacement
 from torchrl.envs import ExplorationType, set_exploration_type
 from torchrl.modules import MultiAgentMLP, ProbabilisticActor
-from torchrl.objectives import ClipPPOLoss, ValueEstimators
+from torchrl.objectives import ValueEstimators
 
 from src.agents.base import Agent, MetricLogger
 from src.agents.collection import local_collector
 from src.agents.monitor import Monitor
-from src.agents.ppo import _BestPolicy, _check_batch_sizes, _cpu, _progress, loss_metrics, minibatch_steps
+from src.agents.ppo import (
+    _BestPolicy,
+    _check_batch_sizes,
+    _cpu,
+    _progress,
+    clip_loss,
+    loss_metrics,
+    minibatch_steps,
+    optimiser,
+)
 from src.registry import register
 from src.resources import Compute
 
@@ -108,23 +117,10 @@ class MultiAgentPPO(Agent):
         torch.manual_seed(self.seed)
         train_env.set_seed(self.seed)
         collector = local_collector(train_env, self.actor, cfg.frames_per_batch, cfg.total_frames, compute)
-        loss_fn = ClipPPOLoss(
-            self.actor,
-            self.critic,
-            clip_epsilon=cfg.clip_epsilon,
-            entropy_coeff=cfg.entropy_coeff,
-            critic_coeff=cfg.critic_coeff,
-            loss_critic_type="l2",
-            normalize_advantage=True,
-            normalize_advantage_exclude_dims=(-2,),
-        )  # each agent's own scale
+        loss_fn = clip_loss(cfg, self.actor, self.critic, normalize_advantage_exclude_dims=(-2,))  # per agent
         loss_fn.set_keys(**KEYS)
         loss_fn.make_value_estimator(ValueEstimators.GAE, gamma=cfg.gamma, lmbda=cfg.gae_lambda)
-        optimizer = torch.optim.Adam(loss_fn.parameters(), lr=cfg.lr)
-        n_iterations = max(cfg.total_frames // cfg.frames_per_batch, 1)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda i: 1.0 - i / n_iterations if cfg.anneal_lr else 1.0
-        )
+        optimizer, schedule, n_iterations = optimiser(cfg, loss_fn)
         buffer = ReplayBuffer(
             storage=LazyTensorStorage(cfg.frames_per_batch, device=compute.device),
             sampler=SamplerWithoutReplacement(),

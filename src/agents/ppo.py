@@ -100,20 +100,8 @@ class PPOAgent(Agent):
         torch.manual_seed(self.seed)
         train_env.set_seed(self.seed)
         advantage = GAE(gamma=cfg.gamma, lmbda=cfg.gae_lambda, value_network=self.critic, average_gae=False)
-        loss_fn = ClipPPOLoss(
-            self.actor,
-            self.critic,
-            clip_epsilon=cfg.clip_epsilon,
-            entropy_coeff=cfg.entropy_coeff,
-            critic_coeff=cfg.critic_coeff,
-            loss_critic_type="l2",
-            normalize_advantage=True,
-        )
-        optimizer = torch.optim.Adam(loss_fn.parameters(), lr=cfg.lr)
-        n_iterations = max(cfg.total_frames // cfg.frames_per_batch, 1)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda i: 1.0 - i / n_iterations if cfg.anneal_lr else 1.0
-        )
+        loss_fn = clip_loss(cfg, self.actor, self.critic)
+        optimizer, schedule, n_iterations = optimiser(cfg, loss_fn)
         best = _BestPolicy(cfg.patience)
         buffer = ReplayBuffer(
             storage=LazyTensorStorage(cfg.frames_per_batch, device=compute.device),
@@ -251,6 +239,29 @@ class PPOAgent(Agent):
             check_contract(state.get("contract"), contract, str(path))
         self.actor.load_state_dict(state["actor"])
         self.critic.load_state_dict(state["critic"])
+
+
+def clip_loss(cfg, actor, critic, **options) -> ClipPPOLoss:
+    """The clipped PPO loss from the agent config (``options``: extra ``ClipPPOLoss`` arguments)."""
+    return ClipPPOLoss(
+        actor,
+        critic,
+        clip_epsilon=cfg.clip_epsilon,
+        entropy_coeff=cfg.entropy_coeff,
+        critic_coeff=cfg.critic_coeff,
+        loss_critic_type="l2",
+        normalize_advantage=True,
+        **options,
+    )
+
+
+def optimiser(cfg, loss_fn: ClipPPOLoss):
+    """(Adam over the loss's parameters, its LR schedule: linear decay to 0 over the iterations
+    with ``anneal_lr``, the number of iterations)."""
+    optimizer = torch.optim.Adam(loss_fn.parameters(), lr=cfg.lr)
+    n_iterations = max(cfg.total_frames // cfg.frames_per_batch, 1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0 - i / n_iterations if cfg.anneal_lr else 1.0)
+    return optimizer, schedule, n_iterations
 
 
 def minibatch_steps(loss_fn, optimizer, buffer, steps: int, max_grad_norm: float):
