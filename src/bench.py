@@ -1,4 +1,7 @@
-"""Speed benchmark: ``python -m src.bench [--suite env|features|paper] [--json PATH] [--seconds S]``.
+"""Speed benchmark: ``python -m src.bench [--suite env|ppo|grid|features|paper] [--json PATH]``.
+
+Suite ``grid``: the 75-combination SMA grid on GOOG daily here, in backtesting.py and in vectorbt
+(``src/bench_grid.py``).
 
 Suite ``paper``: a replay paper session (``mode=paper feed=replay``) of ``--bars`` bars of the
 default synthetic market's test split, for the default MLP PPO policy and buy-and-hold: decision
@@ -20,7 +23,9 @@ thread count in ``--threads`` (torch's and numba's threads; default 1):
 - ppo: training frames/s of PPO end to end (collection + GAE + updates), 2 x 64 MLP;
 - python: a plain-Python reference of the same step (a loop over envs, one thread), run in the
   same process, which every other figure is quoted against;
-- multi-agent kernel: agent-steps/s of src/envs/multi_market.py for E x K = 256 x 4 and 64 x 16.
+- multi-agent kernel: agent-steps/s of src/envs/multi_market.py for E x K = 256 x 4 and 64 x 16;
+- gym-anytrading: env-steps/s of its ``StocksEnv`` (one env, a 32 x 2 window) over the same bars,
+  which every env figure is also quoted against (``x_gym_anytrading``).
 """
 
 import argparse
@@ -29,6 +34,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numba
 import numpy as np
@@ -48,6 +54,11 @@ ENV_COUNTS = (1, 64, 1024, 4096)
 PPO_ENV_COUNTS = (1024, 4096, 16384)
 MARKETS_X_AGENTS = ((256, 4), (64, 16))  # multi-agent kernel: E markets x K agents
 RULES = MarketRules(transaction_fee=0.001, slippage_bps=1.0, episode_length=512)
+
+
+def conf_dir() -> Path:
+    """The project's Hydra config folder."""
+    return Path(__file__).resolve().parents[1] / "conf"
 
 
 def bench_frame(seed: int = 0) -> pd.DataFrame:
@@ -96,12 +107,15 @@ def wrapped_rate(df, n: int, seconds: float) -> float:
     return timed(step, seconds, n)
 
 
-def ppo_rate(df, n: int, seconds: float, hidden: tuple[int, ...] = (64, 64), device: str = "cpu") -> float:
-    """PPO training frames/s on ``n`` envs (collection + GAE + updates) with an MLP of ``hidden``."""
+def ppo_rate(
+    df, n: int, seconds: float, hidden: tuple[int, ...] = (64, 64), device: str = "cpu", pin_memory: bool = True
+) -> float:
+    """PPO training frames/s on ``n`` envs (collection + GAE + updates) with an MLP of ``hidden``
+    (``pin_memory``: a CUDA learner receives the env's outputs from pinned host memory)."""
     from src.resources import Compute
 
     steps = max(128, 2048 // n) if n < 1024 else 16
-    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/agent/ppo.yaml")
+    cfg = OmegaConf.load(conf_dir() / "agent/ppo.yaml")
     cfg.frames_per_batch = n * steps
     cfg.minibatch_size = min(cfg.frames_per_batch, 1024 if device == "cpu" else 8192)
     batches = max(2, int(seconds * 15_000 // cfg.frames_per_batch))
@@ -112,7 +126,11 @@ def ppo_rate(df, n: int, seconds: float, hidden: tuple[int, ...] = (64, 64), dev
     env = TradingEnv(market, ActionSpace("discrete", False, 1.0))
     agent = PPOAgent(cfg, WINDOW, N_FEATURES, env.actions, env.action_spec, seed=0)
     start = time.perf_counter()
-    agent.fit(env, lambda metrics, step: None, compute=Compute(torch.device(device), torch.get_num_threads()))
+    agent.fit(
+        env,
+        lambda metrics, step: None,
+        compute=Compute(torch.device(device), torch.get_num_threads(), pin_memory=pin_memory),
+    )
     return cfg.total_frames / (time.perf_counter() - start)
 
 
@@ -161,15 +179,45 @@ def python_rate(df, n: int, seconds: float) -> float:
     return timed(step, seconds, n)
 
 
+def gym_anytrading_rate(df, seconds: float) -> float:
+    """Env-steps/s of gym-anytrading's ``StocksEnv`` (one env, plain Python, a (window, 2)
+    observation of close and its change) over the same bars, random buy/sell actions."""
+    from gym_anytrading.envs import StocksEnv
+
+    prices = pd.DataFrame({"Close": df["$close"].to_numpy()})
+    env = StocksEnv(df=prices, window_size=WINDOW, frame_bound=(WINDOW, N_BARS))
+    env.reset(seed=0)
+    actions = np.random.default_rng(0).integers(0, 2, 64).tolist()
+    k = iter(range(10**12))
+
+    def step():
+        _, _, terminated, truncated, _ = env.step(actions[next(k) % 64])
+        if terminated or truncated:
+            env.reset()
+
+    return timed(step, seconds, 1)
+
+
 def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
     numba.set_num_threads(threads)
 
 
 def run(seconds: float, thread_counts: list[int]) -> list[dict]:
-    """The env suite's rows: measure, num_envs, threads, per_second, x_python_reference."""
+    """The env suite's rows: measure, num_envs, threads, per_second, x_python_reference,
+    x_gym_anytrading (env-steps per second / gym-anytrading's, both measured here)."""
     df = bench_frame()
-    rows = []
+    set_threads(1)
+    peer = gym_anytrading_rate(df, seconds)
+    rows: list[dict[str, Any]] = [
+        {
+            "measure": "gym-anytrading StocksEnv",
+            "num_envs": 1,
+            "threads": 1,
+            "per_second": peer,
+            "x_python_reference": None,
+        }
+    ]
     for n in ENV_COUNTS:
         set_threads(1)
         reference = python_rate(df, n, seconds)
@@ -199,6 +247,8 @@ def run(seconds: float, thread_counts: list[int]) -> list[dict]:
                         "x_python_reference": ratio,
                     }
                 )
+    for row in rows:
+        row["x_gym_anytrading"] = row["per_second"] / peer if row["measure"] != "ppo training" else None
     for markets, agents in MARKETS_X_AGENTS:  # agent-steps/s: one agent in one market for one bar
         for threads in thread_counts:
             set_threads(threads)
@@ -210,6 +260,7 @@ def run(seconds: float, thread_counts: list[int]) -> list[dict]:
                     "threads": threads,
                     "per_second": multi_agent_rate(df, markets, agents, seconds),
                     "x_python_reference": None,
+                    "x_gym_anytrading": None,
                 }
             )
     return rows
@@ -260,31 +311,35 @@ def ppo_suite(seconds: float, device: str, threads: int) -> list[dict]:
         )
     set_threads(threads)
     df = bench_frame()
+    ppo_rate(df, 64, 0.0, (256, 256), device)  # warm-up, untimed: numba's compilation, the CUDA context
     rows = []
+    cuda = device.startswith("cuda")
     for n in PPO_ENV_COUNTS:
-        gpu = GpuSampler() if device.startswith("cuda") else None
-        if gpu is not None:
-            with gpu:
-                rate = ppo_rate(df, n, seconds, (256, 256), device)
-        else:
-            rate = ppo_rate(df, n, seconds, (256, 256), device)
-        rows.append(
-            {
-                "measure": "ppo training 2x256",
-                "num_envs": n,
-                "threads": threads,
-                "device": device,
-                "per_second": rate,
-                **(gpu.summary() if gpu is not None else {}),
-            }
-        )
+        for pinned in (True, False) if cuda else (False,):
+            gpu = GpuSampler() if cuda else None
+            if gpu is not None:
+                with gpu:
+                    rate = ppo_rate(df, n, seconds, (256, 256), device, pinned)
+            else:
+                rate = ppo_rate(df, n, seconds, (256, 256), device, pinned)
+            rows.append(
+                {
+                    "measure": "ppo training 2x256",
+                    "num_envs": n,
+                    "threads": threads,
+                    "device": device,
+                    "pinned": pinned,
+                    "per_second": rate,
+                    **(gpu.summary() if gpu is not None else {}),
+                }
+            )
     return rows
 
 
 def ppo_table(rows: list[dict]) -> Table:
-    out = Table(title="PPO training frames/s, 2 x 256 MLP")
-    for column in ("device", "num_envs", "threads", "frames/s", "GPU util mean %", "GPU util max %", "GPU memory GB"):
-        out.add_column(column, justify="left" if column == "device" else "right")
+    out = Table(title="PPO training frames/s, 2 x 256 MLP", caption="GPU %: mean utilisation; max %: its peak")
+    for column in ("device", "envs", "threads", "pinned", "frames/s", "GPU %", "max %", "GPU GB"):
+        out.add_column(column, justify="left" if column == "device" else "right", no_wrap=True)
 
     def fmt(row: dict, key: str, spec: str) -> str:
         return "-" if row.get(key) is None else format(row[key], spec)
@@ -294,6 +349,7 @@ def ppo_table(rows: list[dict]) -> Table:
             row["device"],
             str(row["num_envs"]),
             str(row["threads"]),
+            "yes" if row["pinned"] else "no",
             f"{row['per_second']:,.0f}",
             fmt(row, "gpu_util_mean", ".0f"),
             fmt(row, "gpu_util_max", ".0f"),
@@ -309,8 +365,7 @@ def features_suite(n_bars: int, cache_dir: Path) -> list[dict]:
     from src import registry
     from src.data.synthetic import synthetic_ohlcv
 
-    conf_dir = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose("config", overrides=["features=ta_full"]).features
     df = synthetic_ohlcv(n_bars, seed=0)
     shutil.rmtree(cache_dir, ignore_errors=True)
@@ -340,10 +395,12 @@ def paper_suite(n_bars: int) -> list[dict]:
     from src.live.session import paper_trade
     from src.run import Market
 
-    conf_dir = Path(__file__).resolve().parents[1] / "conf"
     rows = []
     for agent_name in ("ppo", "buy_and_hold"):
-        with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"),
+        ):
             cfg = compose(
                 "config",
                 overrides=[
@@ -423,31 +480,39 @@ def features_table(rows: list[dict]) -> Table:
 
 
 def table(rows: list[dict]) -> Table:
-    out = Table(title=f"Env-steps (PPO: frames) per second, window {WINDOW} x {N_FEATURES}")
-    for column in ("measure", "num_envs", "threads", "per second", "x python reference"):
+    out = Table(
+        title=f"Env-steps (PPO: frames) per second, window {WINDOW} x {N_FEATURES}",
+        caption="x python / x gym: ratio to the plain-Python reference at the same N / to gym-anytrading",
+    )
+    for column in ("measure", "envs", "threads", "per second", "x python", "x gym"):
         out.add_column(column, justify="left" if column == "measure" else "right")
+
+    def ratio(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.2f}"
+
     for row in rows:
-        ratio = row["x_python_reference"]
         envs = f"{row['num_envs']}x{row['agents']}" if "agents" in row else str(row["num_envs"])
         out.add_row(
             row["measure"],
             envs,
             str(row["threads"]),
             f"{row['per_second']:,.0f}",
-            "-" if ratio is None else f"{ratio:,.1f}",
+            ratio(row["x_python_reference"]),
+            ratio(row["x_gym_anytrading"]),
         )
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", choices=["env", "ppo", "features", "paper"], default="env")
+    parser.add_argument("--suite", choices=["env", "ppo", "grid", "features", "paper"], default="env")
     parser.add_argument(
         "--threads", default="1", help="env: comma-separated thread counts (e.g. 1,2); ppo: the first one"
     )
     parser.add_argument("--device", default="cpu", help="ppo: the learner's device (cpu, cuda)")
     parser.add_argument("--json", type=Path, default=None, help="default outputs/bench_<suite>.json")
     parser.add_argument("--seconds", type=float, default=1.5, help="env: time per measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="grid: timed runs per tool (the best counts)")
     parser.add_argument(
         "--bars", type=int, default=None, help="features: bars to compute (1,000,000); paper: bars to replay (1,000)"
     )
@@ -461,6 +526,12 @@ def main() -> None:
         rows = ppo_suite(args.seconds, args.device, thread_counts[0])
         Console().print(ppo_table(rows))
         report = {"window": WINDOW, "features": N_FEATURES, "hidden": [256, 256], "rows": rows}
+    elif args.suite == "grid":
+        from src.bench_grid import grid_suite, grid_table
+
+        rows = grid_suite(args.repeats)
+        Console().print(grid_table(rows))
+        report = {"rows": rows}
     elif args.suite == "paper":
         rows = paper_suite(args.bars or 1_000)
         Console().print(paper_table(rows))

@@ -111,3 +111,13 @@ def check_ranges(cfg: Any) -> None:
     """Every key of ``RANGES`` that ``cfg`` holds is in its range."""
     for key, valid in RANGES.items():
         check_value(key, OmegaConf.select(cfg, key, default=None), valid)
+
+
+def plain_dict(node: Any) -> dict[str, Any]:
+    """A mapping config node as a plain dict with interpolations resolved ({} for None)."""
+    if node is None:
+        return {}
+    out = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    if not isinstance(out, dict):
+        raise ConfigError(f"expected a mapping of settings, got {type(out).__name__}: {out!r}")
+    return {str(key): value for key, value in out.items()}

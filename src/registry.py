@@ -16,7 +16,7 @@ class UnknownComponentError(KeyError):
     """A config names a component that is not registered."""
 
     def __str__(self) -> str:
-        return self.args[0]
+        return str(self.args[0])
 
 
 def register(group: str, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -32,21 +32,23 @@ def register(group: str, name: str) -> Callable[[Callable[..., Any]], Callable[.
 
 
 # the modules whose import registers each group's components: a lookup imports only its group's
-# (a scenario or data lookup stays free of torch and torchrl)
-MODULES = {
-    "data": "src.data",
-    "features": "src.features",
-    "env": "src.envs",
-    "agent": "src.agents",
-    "backtest": "src.backtest.engine",
-    "scenario": "src.scenarios",
-    "resources": "src.resources",
-    "feed": "src.live.feeds",
+# (a scenario or data lookup stays free of torch and torchrl), and the packages' __init__ import
+# nothing, so importing one module (say src.data.timeframes) does not import its siblings
+MODULES: dict[str, tuple[str, ...]] = {
+    "data": ("src.data.ccxt_source", "src.data.file_source", "src.data.synthetic"),
+    "features": ("src.features.ta_basic", "src.features.talib_set"),
+    "env": ("src.envs.torchrl_env", "src.envs.multi_agent_env"),
+    "agent": ("src.agents.baselines", "src.agents.ppo", "src.agents.mappo"),
+    "backtest": ("src.backtest.engine",),
+    "scenario": ("src.scenarios.injectors",),
+    "resources": ("src.resources",),
+    "feed": ("src.live.feeds",),
 }
 
 
 def _load_components(group: str) -> None:
-    importlib.import_module(MODULES[group])  # cheap and idempotent after the first time
+    for module in MODULES[group]:
+        importlib.import_module(module)  # cheap and idempotent after the first time
 
 
 def names(group: str) -> list[str]:

@@ -16,6 +16,8 @@ from omegaconf import DictConfig
 from src.config_checks import ConfigError
 from src.registry import register
 
+MAX_THREADS: int = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]  # set at import from the cores
+
 
 @dataclass(frozen=True)
 class Compute:
@@ -25,6 +27,7 @@ class Compute:
     device: torch.device
     num_threads: int
     ray: DictConfig | None = None
+    pin_memory: bool = True  # a CUDA learner: the env hands out its outputs in pinned host memory
 
     @property
     def label(self) -> str:
@@ -32,13 +35,13 @@ class Compute:
         return f"{self.device.type}, {self.num_threads} thread(s), {where}"
 
 
-def apply_threads(cfg) -> int:
+def apply_threads(cfg: DictConfig) -> int:
     """Pin torch's and numba's threads to ``num_threads`` (null: every core numba sees)."""
-    threads = int(cfg.num_threads or numba.config.NUMBA_NUM_THREADS)
-    if threads > numba.config.NUMBA_NUM_THREADS:
+    threads = int(cfg.num_threads or MAX_THREADS)
+    if threads > MAX_THREADS:
         raise ConfigError(
             f"resources.num_threads={threads} is out of range; valid: an integer in "
-            f"[1, {numba.config.NUMBA_NUM_THREADS}] (the cores of this machine)"
+            f"[1, {MAX_THREADS}] (the cores of this machine)"
         )
     torch.set_num_threads(threads)
     numba.set_num_threads(threads)
@@ -58,13 +61,13 @@ def learner_device(name: str) -> torch.device:
 
 
 @register("resources", "local")
-def build_local(cfg) -> Compute:
+def build_local(cfg: DictConfig) -> Compute:
     """Everything in this process: the kernel on ``num_threads`` cores, the learner on ``device``."""
-    return Compute(learner_device(cfg.device), apply_threads(cfg))
+    return Compute(learner_device(cfg.device), apply_threads(cfg), pin_memory=cfg.pin_memory)
 
 
 @register("resources", "ray")
-def build_ray(cfg) -> Compute:
+def build_ray(cfg: DictConfig) -> Compute:
     """Collection on ``resources.ray.num_workers`` Ray workers, the learner here on ``device``."""
     ray = cfg.ray
     if not ray.min_workers <= ray.num_workers <= ray.max_workers:
@@ -72,4 +75,4 @@ def build_ray(cfg) -> Compute:
             f"resources.ray.num_workers={ray.num_workers} must lie in "
             f"[min_workers={ray.min_workers}, max_workers={ray.max_workers}]"
         )
-    return Compute(learner_device(cfg.device), apply_threads(cfg), ray)
+    return Compute(learner_device(cfg.device), apply_threads(cfg), ray, cfg.pin_memory)

@@ -12,6 +12,7 @@ seed would claim, discounted). Every seed's equity curve goes in one plot.
 import copy
 import json
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import mlflow
@@ -41,9 +42,9 @@ def bootstrap_interval(values: np.ndarray, seed: int, level: float = 0.95) -> tu
     return float(np.quantile(means, (1 - level) / 2)), float(np.quantile(means, (1 + level) / 2))
 
 
-def aggregate(per_seed: list[dict[str, float]], hold: list[dict[str, float]], seed: int) -> dict:
+def aggregate(per_seed: list[dict[str, float]], hold: list[dict[str, float]], seed: int) -> dict[str, Any]:
     """{metric: {mean, std, ci_low, ci_high, values}} plus beat_buy_and_hold and the DSR."""
-    out = {}
+    out: dict[str, Any] = {}
     for key in per_seed[0]:
         values = np.array([m[key] for m in per_seed], dtype=float)
         low, high = bootstrap_interval(values, seed)

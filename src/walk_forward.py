@@ -92,7 +92,8 @@ def run_walk_forward(cfg: DictConfig, output_dir: Path, run, market_class) -> di
         len(raw), cfg.walk_forward.folds, cfg.split.train, cfg.split.validation, cfg.walk_forward.expanding
     )
     output_dir.mkdir(parents=True, exist_ok=True)
-    rows, curves, positions, validations, trades = [], {name: [] for name in CURVES}, [], [], []
+    curves: dict[str, list[pd.Series]] = {name: [] for name in CURVES}
+    rows, positions, validations, trades = [], [], [], []
     with mlflow_run(cfg, run_name=f"{cfg.run_name}-walk-forward") as parent:
         warm = None
         for k, fold in enumerate(folds):

@@ -24,12 +24,18 @@ def test_every_grid_cell_equals_the_single_backtest_of_its_combination(backtest,
     targets = pd.concat(
         [pd.Series(env.actions.to_targets(a.signals(df)).reshape(-1)) for _, a in cells], axis=1
     ).to_numpy()
-    together = backtester.run_targets(targets, df)
-    for (params, agent), cell in zip(cells, together):
+    together = backtester.run_targets(targets, df)  # one kernel call over every bar for all cells
+    ranked = backtester.target_metrics(targets, df)  # what the grid ranks by, from the same walk
+    for j, ((params, agent), cell) in enumerate(zip(cells, together)):
         alone = backtester.run(agent, df)
-        pd.testing.assert_series_equal(cell.equity, alone.equity, check_exact=True)
-        pd.testing.assert_frame_equal(cell.trades, alone.trades, check_exact=True)
-        assert cell.metrics == alone.metrics and len(alone.trades) > 0, params
+        # the bar-by-bar walk an agent acting on observations gets: one kernel step per bar
+        stepped = backtester._walk(df, lambda bar, market, j=j: targets[bar, j : j + 1], close_at_end=True)
+        for other in (alone, stepped):
+            pd.testing.assert_series_equal(cell.equity, other.equity, check_exact=True)
+            pd.testing.assert_frame_equal(cell.trades, other.trades, check_exact=True)
+            pd.testing.assert_series_equal(cell.financing, other.financing, check_exact=True)
+            assert cell.metrics == other.metrics and len(other.trades) > 0, params
+        assert ranked[j] == pytest.approx(cell.metrics, rel=1e-12, abs=1e-15), params
 
 
 def test_a_grid_needs_a_rule_agent(market_df):

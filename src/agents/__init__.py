@@ -1,3 +1,1 @@
-"""Agents; importing registers them."""
-
-from src.agents import baselines, mappo, ppo  # noqa: F401
+"""Agents; ``src.registry`` imports them for a lookup."""

@@ -10,9 +10,9 @@ import hashlib
 import json
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from src.config_checks import ConfigError
+from src.config_checks import ConfigError, plain_dict
 
 PROVENANCE = ("config_hash",)  # recorded, never compared
 
@@ -23,7 +23,7 @@ class CheckpointMismatchError(ConfigError):
 
 def config_hash(cfg: DictConfig) -> str:
     """sha256 of the resolved config, without where it is tracked or named."""
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = plain_dict(cfg)
     for key in ("mlflow", "run_name"):
         config.pop(key, None)
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
@@ -31,7 +31,7 @@ def config_hash(cfg: DictConfig) -> str:
 
 def policy_contract(cfg: DictConfig, features: list[str], scaler: dict) -> dict[str, Any]:
     """The contract of a policy trained by the run ``cfg`` on ``features``."""
-    normalize = OmegaConf.to_container(cfg.features.normalize, resolve=True)
+    normalize = plain_dict(cfg.features.normalize)
     return {
         "features": list(features),
         "normalize": json.loads(json.dumps({**normalize, "stats": scaler})),  # as stored

@@ -9,6 +9,7 @@ know where the frames came from. On Ray, ``env.num_envs`` envs are split evenly 
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tensordict import TensorDictBase
@@ -19,7 +20,9 @@ from src.resources import Compute
 
 def local_collector(env, policy, frames_per_batch: int, total_frames: int, compute: Compute) -> Collector:
     """One collector over ``env`` here: the env on the CPU, the policy and the frames on the
-    learner's device (TorchRL moves each step's observation once)."""
+    learner's device (TorchRL moves each step's observation once, from pinned host memory when
+    the learner is on a GPU and ``resources.pin_memory`` is on)."""
+    env.pin_memory = compute.device.type == "cuda" and compute.pin_memory
     return Collector(
         env,
         policy,
@@ -51,23 +54,26 @@ class RayCollection:
     def __init__(
         self, env_recipe, policy, frames_per_batch: int, total_frames: int, compute: Compute, num_envs: int, seed: int
     ):
-        self.recipe, self.policy, self.compute = env_recipe, policy, compute
+        if compute.ray is None:
+            raise ValueError("RayCollection needs resources.ray settings (resources=ray)")
+        self.recipe, self.policy, self.compute, self.settings = env_recipe, policy, compute, compute.ray
         self.frames_per_batch, self.frames_left, self.num_envs, self.seed = (
             frames_per_batch,
             total_frames,
             num_envs,
             seed,
         )
-        self.collector = None
+        self.collector: Any = None  # a torchrl RayCollector (imported with Ray, when first used)
         self.workers = 0
-        self.restart(compute.ray.num_workers)
+        self.scaler: WorkerScaler | None = None  # set when resources.ray.autoscale
+        self.restart(self.settings.num_workers)
 
     def restart(self, workers: int) -> None:
         from torchrl.collectors.distributed import RayCollector
 
         self.shutdown()
-        settings = self.compute.ray
-        init = (
+        settings = self.settings
+        init: dict[str, Any] = (
             {"address": settings.address}
             if settings.address
             else {"num_cpus": settings.max_workers + 1, "include_dashboard": False, "_node_ip_address": "127.0.0.1"}
@@ -101,7 +107,7 @@ class RayCollection:
         import ray
 
         if ray.get_runtime_context().get_placement_group_id() is not None:
-            return float(self.compute.ray.max_workers)
+            return float(self.settings.max_workers)
         return ray.available_resources().get("CPU", 0.0) + self.workers
 
     def __iter__(self) -> Iterator[TensorDictBase]:

@@ -10,6 +10,7 @@ import copy
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -55,6 +56,7 @@ class PPOAgent(Agent):
 
     def __init__(self, cfg, window_size: int, n_features: int, actions: ActionSpace, spec, seed: int):
         self.cfg, self.seed, self.actions = cfg, seed, actions
+        self.window_size, self.n_features = window_size, n_features  # the observation it takes
         torch.manual_seed(seed)
 
         def network(out_dim: int) -> nn.Module:
@@ -114,7 +116,8 @@ class PPOAgent(Agent):
         if resumed is not None:
             _restore(resumed, self, optimizer, schedule, best, buffer, train_env, progress)
         remaining = 0 if best.exhausted else cfg.total_frames - progress.frames
-        collection = self._collection(train_env, remaining, compute) if remaining > 0 else None
+        # a TorchRL Collector or a RayCollection; None when a resumed run had already finished
+        collection: Any = self._collection(train_env, remaining, compute) if remaining > 0 else None
         if resumed is not None:
             torch.set_rng_state(resumed["torch_rng"])
         steps_per_epoch = cfg.frames_per_batch // cfg.minibatch_size
@@ -201,11 +204,11 @@ class PPOAgent(Agent):
         """Ray only: the worker count, changed when the scaler decides (the reason is printed)."""
         if not isinstance(collection, RayCollection):
             return {}
-        scaler = getattr(collection, "scaler", None)
+        scaler = collection.scaler
         decision = scaler.observe(metrics["perf/frames_per_second"]) if scaler else None
         if decision is not None:
             workers, reason = decision
-            if workers > collection.workers and collection.free_cpus() < workers:
+            if workers > collection.workers and collection.free_cpus() < workers and scaler is not None:
                 scaler.workers, scaler.ceiling, scaler.last_change = collection.workers, workers, None
                 workers, reason = collection.workers, f"{reason}, but the cluster has no CPUs for them"
             line = f"ray workers: {collection.workers} -> {workers}: {reason}"
@@ -336,7 +339,8 @@ class _BestPolicy:
     """The actor weights with the best validation score so far; ``patience`` for early stopping."""
 
     def __init__(self, patience: int | None):
-        self.patience, self.score, self.iteration, self.state, self.stale = patience, float("-inf"), 0, None, 0
+        self.patience, self.score, self.iteration, self.stale = patience, float("-inf"), 0, 0
+        self.state: dict[str, torch.Tensor] | None = None
 
     def update(self, score: float, actor: nn.Module, iteration: int) -> None:
         if score > self.score:

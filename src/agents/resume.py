@@ -13,9 +13,12 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from src.config_checks import plain_dict
 
 # settings that do not change what training computes: excluded from the fingerprint
 NOT_TRAINING = (
@@ -54,7 +57,7 @@ class TrainingProgress:
 
 def fingerprint(cfg: DictConfig) -> str:
     """12 hex digits over the resolved config without the ``NOT_TRAINING`` settings."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain = plain_dict(cfg)
     for dotted in NOT_TRAINING:
         *parents, leaf = dotted.split(".")
         node = plain
@@ -75,19 +78,20 @@ class TrainingCheckpoints:
     ``meta`` (e.g. the MLflow run id, so a resumed run continues the same MLflow run) is stored
     with every checkpoint."""
 
-    def __init__(self, folder: Path, **meta):
+    def __init__(self, folder: Path, **meta: Any):
         self.path = Path(folder) / "last.pt"
         self.meta = meta
 
-    def save(self, state: dict) -> None:
+    def save(self, state: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix(".tmp")
         torch.save({**state, **self.meta}, partial)
         os.replace(partial, self.path)
 
-    def load(self) -> dict | None:
+    def load(self) -> dict[str, Any] | None:
         """The last checkpoint, or None if this run has none yet."""
         if not self.path.is_file():
             return None
         # the run's own checkpoint (its numpy env state needs full unpickling), never a download
-        return torch.load(self.path, weights_only=False, map_location="cpu")  # nosec B614
+        state: dict[str, Any] = torch.load(self.path, weights_only=False, map_location="cpu")  # nosec B614
+        return state

@@ -360,7 +360,6 @@ def create_app(jobs_dir: Path | None = None, max_jobs: int | None = None) -> Fas
                 cfg.agent, cfg.env.window_size, len(contract["features"]), actions, actions.spec(1), cfg.seed
             )
             agent.load(path, contract)
-            agent.window_size, agent.n_features = cfg.env.window_size, len(contract["features"])
             policies[key] = (agent, actions)
         return policies[key]
 

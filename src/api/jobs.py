@@ -57,7 +57,10 @@ class JobStore:
                 (job_id, request.kind, json.dumps(job_overrides(request)), time.time(), str(output)),
             )
         self.tick()
-        return self.get(job_id)
+        job = self.get(job_id)
+        if job is None:
+            raise RuntimeError(f"job {job_id} vanished from {self.directory} right after it was queued")
+        return job
 
     def get(self, job_id: str) -> Job | None:
         row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()

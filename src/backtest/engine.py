@@ -7,7 +7,8 @@ import pandas as pd
 import torch
 
 from src.agents.base import Agent
-from src.backtest.metrics import compute_metrics
+from src.backtest.metrics import compute_metrics, curve_metrics
+from src.data.timeframes import periods_per_year
 from src.envs import kernels
 from src.envs.actions import ActionSpace
 from src.envs.market import VectorMarket
@@ -20,7 +21,6 @@ EXIT_REASONS = {
     kernels.TRAIL_EXIT: "trailing_stop",
     kernels.END_EXIT: "end_of_backtest",
 }
-ACCOUNT = ("t", "cash", "units", "requested", "equity")  # what closing a position reads and writes
 TRADE_COLUMNS = ["timestamp", "side", "units", "price", "fee", "reason", "partial"]
 
 
@@ -39,6 +39,20 @@ class BacktestResult:
     metrics: dict[str, float]
 
 
+@dataclass
+class Walk:
+    """N envs' paths from one walk: ``equity`` (quote currency per unit of initial cash),
+    ``positions`` (fractions of equity) and ``financing`` (S+1, N) from the first decision bar's
+    close, ``fills`` (S, N, 9) each step's executions (``kernels`` columns), ``ends`` (N,) each
+    env's last step."""
+
+    equity: np.ndarray
+    positions: np.ndarray
+    financing: np.ndarray
+    fills: np.ndarray
+    ends: np.ndarray
+
+
 class Backtester:
     def __init__(self, cfg, env_cfg, actions: ActionSpace):
         self.cfg, self.env_cfg, self.actions = cfg, env_cfg, actions
@@ -55,48 +69,103 @@ class Backtester:
             observed = agent.act(torch.from_numpy(market.obs), torch.from_numpy(market.account))
             return self.actions.to_targets(torch.as_tensor(observed))
 
-        return self._walk(df, 1, decide, close_at_end)[0]
+        return self._walk(df, decide, close_at_end)
 
     def run_targets(self, targets: np.ndarray, df: pd.DataFrame, close_at_end: bool = True) -> list[BacktestResult]:
-        """Backtest N fixed target paths at once, one env each of one kernel call per bar:
-        ``targets`` (len(df), N) float64 is each path's target decided at each bar's close
-        (fractions of equity). Each result equals that path's own single backtest."""
-        return self._walk(df, targets.shape[1], lambda bar, market: targets[bar], close_at_end)
+        """Backtest N fixed target paths at once, one env each, in one kernel call over every bar
+        (``VectorMarket.walk``): ``targets`` (len(df), N) float64 is each path's target decided
+        at each bar's close (fractions of equity). Each result equals that path's own backtest,
+        and the bar-by-bar walk an agent acting on observations gets."""
+        market, walk = self._walk_targets(targets, df)
+        window = self.env_cfg.window_size
+        fills: list[list[tuple]] = [[] for _ in range(market.num_envs)]
+        traded = (walk.fills[:, :, kernels.ENTRY_UNITS] != 0.0) | (walk.fills[:, :, kernels.EXIT_UNITS] != 0.0)
+        for i, k in np.argwhere(traded.T).tolist():  # env by env, in time order
+            fills[i] += fill_rows(walk.fills[k, i], df.index[k + window])
+        return self._finish(df, market, walk.equity, walk.positions, walk.financing, fills, walk.ends, close_at_end)
 
-    def _walk(self, df: pd.DataFrame, n: int, decide, close_at_end: bool) -> list[BacktestResult]:
-        """Step ``n`` envs from bar ``window_size - 1`` to the end of ``df``; ``decide(bar,
-        market)`` gives the (n,) targets at the close of ``bar``. An env that ends early (equity
-        under the floor) keeps its series up to that bar."""
+    def target_metrics(self, targets: np.ndarray, df: pd.DataFrame) -> list[dict[str, float]]:
+        """The metrics of ``run_targets(targets, df)`` (positions closed at the end), computed
+        from the walk's arrays without building each path's series and trade table: what a
+        parameter grid ranks its cells by."""
+        market, walk = self._walk_targets(targets, df)
+        market.close_positions()
+        scale, window, n = self.cfg.initial_cash, self.env_cfg.window_size, market.num_envs
+        walk.equity[walk.ends, np.arange(n)] = market.equity
+        paid = np.concatenate([walk.fills, market.fills[None]])  # (S + 1, N, 9): the closing trade last
+        units = paid[:, :, [kernels.ENTRY_UNITS, kernels.EXIT_UNITS]]
+        prices = paid[:, :, [kernels.ENTRY_PRICE, kernels.EXIT_PRICE]]
+        traded = (np.abs(units * scale) * prices).sum(axis=(0, 2))
+        fees = paid[:, :, [kernels.ENTRY_FEE, kernels.EXIT_FEE]].sum(axis=(0, 2)) * scale
+        n_trades = (units != 0.0).sum(axis=(0, 2))
+        out, periods_by_end = [], {}
+        for i in range(n):
+            end = walk.ends[i] + 1
+            if end not in periods_by_end:
+                periods_by_end[end] = self.cfg.periods_per_year or periods_per_year(
+                    df.index[window - 1 : window - 1 + end]
+                )
+            periods = periods_by_end[end]
+            out.append(
+                curve_metrics(
+                    walk.equity[:end, i] * scale,
+                    walk.positions[:end, i],
+                    periods,
+                    self.cfg.risk_free_rate,
+                    float(traded[i]),
+                    float(fees[i]),
+                    int(n_trades[i]),
+                    float(walk.financing[:end, i].sum() * scale),
+                )
+            )
+        return out
+
+    def _walk_targets(self, targets: np.ndarray, df: pd.DataFrame) -> tuple[VectorMarket, "Walk"]:
+        """Every target path walked through ``df`` in one kernel call (see ``run_targets``)."""
+        window = self.env_cfg.window_size
+        market = self._market(df, targets.shape[1], observe=False)
+        equity, positions, fills, ends = market.walk(targets[window - 1 : len(df) - 1])
+        financing = np.zeros_like(equity)
+        financing[1:] = fills[:, :, kernels.FINANCING]
+        return market, Walk(equity, positions, financing, fills, ends)
+
+    def _market(self, df: pd.DataFrame, n: int, observe: bool) -> VectorMarket:
+        """``n`` envs over ``df`` under the backtest's rules, at bar ``window_size - 1``; without
+        ``observe`` they carry no feature window (fixed targets need none)."""
         window = self.env_cfg.window_size
         rules = replace(market_rules(self.env_cfg, self.cfg, df.index), episode_length=len(df), equity_floor=0.0)
-        market = VectorMarket(df, feature_columns(df), n, window, rules)
+        market = VectorMarket(df, feature_columns(df) if observe else [], n, window, rules)
         market.reset(start=window - 1)
+        return market
+
+    def _walk(self, df: pd.DataFrame, decide, close_at_end: bool) -> BacktestResult:
+        """Step one env from bar ``window_size - 1`` to the end of ``df`` (or until its equity
+        falls under the floor); ``decide(bar, market)`` gives its target at the close of ``bar``."""
+        window = self.env_cfg.window_size
+        market = self._market(df, 1, observe=True)
         n_steps = len(df) - window
-        equity, positions, financing = (np.zeros((n_steps + 1, n)) for _ in range(3))
+        equity, positions, financing = (np.zeros((n_steps + 1, 1)) for _ in range(3))
         equity[0] = market.equity
-        ends = np.full(n, n_steps)  # the last step of each env's series
-        fills: list[list[tuple]] = [[] for _ in range(n)]
-        ended: dict[int, list] = {}  # env -> its account at an early end
+        ends = np.full(1, n_steps)
+        fills: list[tuple] = []
         for k in range(1, n_steps + 1):
             market.step(np.asarray(decide(window - 2 + k, market), dtype=np.float64))
             equity[k], positions[k] = market.equity, market.account[:, 0]
             financing[k] = market.fills[:, kernels.FINANCING]
-            stamp = df.index[k + window - 1]
-            for i in np.flatnonzero(market.fills[:, [kernels.ENTRY_UNITS, kernels.EXIT_UNITS]].any(axis=1)):
-                if k <= ends[i]:
-                    fills[i] += fill_rows(market.fills[i], stamp)
-            finished = (market.terminated | market.truncated) & (ends == n_steps)
-            ends[finished] = k
-            for i in np.flatnonzero(finished & (k < n_steps)):
-                ended[i] = [getattr(market, name)[i] for name in ACCOUNT]
-            if (ends < n_steps).all():
+            fills += fill_rows(market.fills[0], df.index[k + window - 1])
+            if market.terminated[0] or market.truncated[0]:
+                ends[0] = k
                 break
+        return self._finish(df, market, equity, positions, financing, [fills], ends, close_at_end)[0]
+
+    def _finish(
+        self, df, market, equity, positions, financing, fills, ends, close_at_end: bool
+    ) -> list[BacktestResult]:
+        """With ``close_at_end`` close what each env still holds at the close of its last bar (a
+        trade with reason ``end_of_backtest``); then each env's result up to its last step."""
         if close_at_end:
-            for i, values in ended.items():  # an env that ended early closes where it ended
-                for name, value in zip(ACCOUNT, values):
-                    getattr(market, name)[i] = value
             market.close_positions()
-            for i in range(n):
+            for i in range(market.num_envs):
                 if market.fills[i, kernels.EXIT_UNITS] != 0.0:
                     fills[i] += fill_rows(market.fills[i], df.index[market.t[i]])
                 equity[ends[i], i] = market.equity[i]
@@ -104,7 +173,7 @@ class Backtester:
             self._result(
                 df, equity[: ends[i] + 1, i], positions[: ends[i] + 1, i], financing[: ends[i] + 1, i], fills[i]
             )
-            for i in range(n)
+            for i in range(market.num_envs)
         ]
 
     def _result(self, df, equity, positions, financing, fills) -> BacktestResult:

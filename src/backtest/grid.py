@@ -2,15 +2,17 @@
 
 ``grid.params`` maps the agent's parameters to the values to try (default: ``sma_cross``'s
 ``fast`` x ``slow``); combinations the agent refuses (e.g. fast >= slow) are skipped. Every
-combination's target path (``agent.signals``) is backtested on the validation split at once,
-under the backtest's costs and rules (``Backtester.run_targets``: each cell equals that
-combination's own backtest). The best by ``grid.metric`` on validation is then backtested on the
-test split, alone: the test figures are reported separately and never take part in the choice.
+combination's target path (``agent.signals``) is backtested on the validation split at once, in
+one kernel call over every bar, under the backtest's costs and rules
+(``Backtester.target_metrics``: each cell's metrics equal that combination's own backtest's).
+The best by ``grid.metric`` on validation is then backtested on the test split, alone: the test
+figures are reported separately and never take part in the choice.
 """
 
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -21,19 +23,19 @@ from rich.table import Table
 
 from src import registry
 from src.backtest.plots import heatmap
-from src.config_checks import ConfigError
+from src.config_checks import ConfigError, plain_dict
 from src.scenarios import scenario_names
 from src.summary import report
 
 
-def combinations(cfg, env) -> list[tuple[dict, object]]:
+def combinations(cfg, env) -> list[tuple[dict, Any]]:
     """(params, agent) for every combination of ``grid.params`` the agent accepts."""
     if not hasattr(registry.build("agent", cfg.agent, env, seed=cfg.seed), "signals"):
         raise ConfigError(
             f"mode=grid needs a rule agent with signals(df) (agent=sma_cross); agent={cfg.agent.name} has none"
         )
     names = list(cfg.grid.params)
-    base = OmegaConf.to_container(cfg.agent, resolve=True)
+    base = plain_dict(cfg.agent)
     out = []
     for values in itertools.product(*(cfg.grid.params[name] for name in names)):
         params = dict(zip(names, values))
@@ -43,7 +45,7 @@ def combinations(cfg, env) -> list[tuple[dict, object]]:
             continue  # e.g. sma_cross with fast >= slow
         out.append((params, agent))
     if not out:
-        raise ConfigError(f"grid.params={OmegaConf.to_container(cfg.grid.params)}: no valid combination")
+        raise ConfigError(f"grid.params={plain_dict(cfg.grid.params)}: no valid combination")
     return out
 
 
@@ -52,9 +54,9 @@ def grid_search(cfg, market, backtester, env, output_dir: Path) -> dict:
     cells = combinations(cfg, env)
     validation_df = market.validation()
     targets = np.column_stack([env.actions.to_targets(agent.signals(validation_df)).reshape(-1) for _, agent in cells])
-    results = backtester.run_targets(targets, validation_df)
+    results = backtester.target_metrics(targets, validation_df)
     table = pd.DataFrame(
-        [{**params, **{f"val_{k}": v for k, v in r.metrics.items()}} for (params, _), r in zip(cells, results)]
+        [{**params, **{f"val_{k}": v for k, v in m.items()}} for (params, _), m in zip(cells, results)]
     )
     metric = f"val_{cfg.grid.metric}"
     best = int(table[metric].to_numpy().argmax())
@@ -72,7 +74,7 @@ def grid_search(cfg, market, backtester, env, output_dir: Path) -> dict:
             )
         )
     mlflow.log_params({f"grid.best.{k}": v for k, v in best_params.items()})
-    mlflow.log_metrics({f"grid/best_{k}": v for k, v in results[best].metrics.items()})
+    mlflow.log_metrics({f"grid/best_{k}": v for k, v in results[best].items()})
     mlflow.log_metric("grid/combinations", len(cells))
     test_df, marks = market.test(cfg.scenario)
     label = f"{cfg.agent.name}(" + ", ".join(f"{k}={v}" for k, v in best_params.items()) + ")"
@@ -89,14 +91,14 @@ def grid_search(cfg, market, backtester, env, output_dir: Path) -> dict:
         marks,
     )
     (output_dir / "grid_best.json").write_text(
-        json.dumps({"params": best_params, "validation": results[best].metrics, "test": tested[label]}, indent=2)
+        json.dumps({"params": best_params, "validation": results[best], "test": tested[label]}, indent=2)
     )
     artifacts += [output_dir / "summary.json", output_dir / "grid_best.json"]
     for path in artifacts:
         folder = path.parent.relative_to(output_dir).as_posix()
         mlflow.log_artifact(str(path), artifact_path=None if folder == "." else folder)
     return {
-        "validation": results[best].metrics,
+        "validation": results[best],
         cfg.agent.name: tested[label],
         "buy_and_hold": tested["buy_and_hold"],
         "grid": {"best": best_params},

@@ -37,8 +37,11 @@ RATIO_CAP (1e6) stands for "infinite" (a flawless curve ranks first, and every v
 finite number that JSON and MLflow store).
 """
 
+import math
+
 import numpy as np
 import pandas as pd
+from numba import njit
 from scipy import stats
 
 from src.data.timeframes import periods_per_year
@@ -59,28 +62,47 @@ def max_drawdown(equity: np.ndarray) -> float:
     return float(np.clip(np.min(equity / peak - 1.0), -1.0, 0.0))
 
 
+@njit(cache=True)
 def drawdown_bars(equity: np.ndarray) -> int:
     """Longest run of consecutive bars below the running peak."""
-    below = equity < np.maximum.accumulate(equity)
-    longest = run = 0
-    for flag in below:
-        run = run + 1 if flag else 0
+    peak, longest, run = -np.inf, 0, 0
+    for value in equity:
+        peak = max(peak, value)
+        run = run + 1 if value < peak else 0
         longest = max(longest, run)
     return longest
 
 
+@njit(cache=True)
 def round_trip_pnl(equity: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """Equity change over each holding period (see the module docstring)."""
     side = np.sign(np.round(positions, 12))
-    pnl, start = [], None
+    pnl = np.empty(len(side))
+    count, start = 0, -1
     for k in range(1, len(side)):
         if side[k] != side[k - 1]:
-            if start is not None:
-                pnl.append(equity[k] - equity[start - 1] if side[k] == 0 else equity[k - 1] - equity[start - 1])
-            start = k if side[k] != 0 else None
-    if start is not None:
-        pnl.append(equity[-1] - equity[start - 1])
-    return np.asarray(pnl)
+            if start >= 0:
+                pnl[count] = equity[k] - equity[start - 1] if side[k] == 0 else equity[k - 1] - equity[start - 1]
+                count += 1
+            start = k if side[k] != 0 else -1
+    if start >= 0:
+        pnl[count] = equity[-1] - equity[start - 1]
+        count += 1
+    return pnl[:count]
+
+
+def normal_cdf(x: float) -> float:
+    """Phi(x), the standard normal distribution function."""
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def moments(returns: np.ndarray) -> tuple[float, float]:
+    """(skewness, kurtosis) of ``returns``: the biased sample moments m3 / m2^1.5 and
+    m4 / m2^2 (kurtosis not excess)."""
+    centred = returns - returns.mean()
+    squared = centred * centred
+    m2 = squared.mean()
+    return float((squared * centred).mean() / m2**1.5), float((squared * squared).mean() / m2**2)
 
 
 def probabilistic_sharpe(sharpe: float, n: int, skewness: float, kurtosis: float, benchmark: float = 0.0) -> float:
@@ -91,7 +113,7 @@ def probabilistic_sharpe(sharpe: float, n: int, skewness: float, kurtosis: float
     variance = 1.0 - skewness * sharpe + (kurtosis - 1.0) / 4.0 * sharpe**2
     if variance <= 0:
         return float(sharpe > benchmark)
-    return float(stats.norm.cdf((sharpe - benchmark) * np.sqrt(n - 1) / np.sqrt(variance)))
+    return normal_cdf((sharpe - benchmark) * math.sqrt(n - 1) / math.sqrt(variance))
 
 
 def psr_against(metrics: dict[str, float], benchmark: dict[str, float]) -> float:
@@ -154,8 +176,31 @@ def compute_metrics(
     """The metrics above for one equity curve; ``positions`` are per-bar position fractions;
     ``trades`` the fills (columns units, price, fee), or None; ``financing`` the borrow and
     funding charged in each bar (quote currency), or None."""
-    values = equity.to_numpy(dtype=float)
-    periods = periods or periods_per_year(equity.index)
+    fills = trades if trades is not None else pd.DataFrame(columns=["units", "price", "fee"])
+    return curve_metrics(
+        equity.to_numpy(dtype=float),
+        positions,
+        periods or periods_per_year(equity.index),
+        risk_free_rate,
+        traded=float((fills["units"].abs() * fills["price"]).sum()) if len(fills) else 0.0,
+        fees=float(fills["fee"].sum()) if len(fills) else 0.0,
+        n_trades=len(fills),
+        financing=float(np.sum(financing)) if financing is not None else 0.0,
+    )
+
+
+def curve_metrics(
+    values: np.ndarray,
+    positions: np.ndarray,
+    periods: float,
+    risk_free_rate: float,
+    traded: float,
+    fees: float,
+    n_trades: int,
+    financing: float,
+) -> dict[str, float]:
+    """``compute_metrics`` from arrays: ``values`` the equity per bar, ``traded`` the notional of
+    every fill, ``fees`` and ``financing`` the totals charged (all quote currency)."""
     returns = values[1:] / values[:-1] - 1.0
     n = max(len(returns), 1)
     excess = returns - risk_free_rate / periods
@@ -169,10 +214,8 @@ def compute_metrics(
     pnl = round_trip_pnl(values, positions)
     gross_win, gross_loss = pnl[pnl > 0].sum(), -pnl[pnl < 0].sum()
     per_period = excess.mean() / std if std > 0 else 0.0
-    skewness = float(stats.skew(returns)) if std > 0 and len(returns) > 2 else 0.0
-    kurtosis = float(stats.kurtosis(returns, fisher=False)) if std > 0 and len(returns) > 3 else 3.0
-    trades = trades if trades is not None else pd.DataFrame(columns=["units", "price", "fee"])
-    traded = float((trades["units"].abs() * trades["price"]).sum()) if len(trades) else 0.0
+    skewness, kurtosis = moments(returns) if std > 0 and len(returns) > 2 else (0.0, 3.0)
+    kurtosis = kurtosis if len(returns) > 3 else 3.0
     return {
         "total_return": growth - 1.0,
         "cagr": cagr,
@@ -194,7 +237,7 @@ def compute_metrics(
         "avg_trade": float(pnl.mean() / values[0]) if len(pnl) else 0.0,
         "exposure": float(np.mean(np.abs(positions) > 1e-12)) if len(positions) else 0.0,
         "turnover": traded / values.mean() * periods / n,
-        "fees": float(trades["fee"].sum()) / values[0] if len(trades) else 0.0,
-        "financing": float(np.sum(financing)) / values[0] if financing is not None else 0.0,
-        "trades": float(len(trades)),
+        "fees": fees / values[0] if n_trades else 0.0,
+        "financing": financing / values[0],
+        "trades": float(n_trades),
     }

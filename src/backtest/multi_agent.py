@@ -73,7 +73,7 @@ def backtest_market(cfg, df: pd.DataFrame, agent) -> MarketResult:
         cash_before = market.cash.copy()
         market.step(env.targets(actions).numpy())
         stamp = df.index[market.t[0]]
-        for j in np.flatnonzero(market.traded):
+        for j in np.flatnonzero(market.traded).tolist():
             x, fee = market.traded[j], market.paid[j, FEE_PAID]
             price = (cash_before[j] - market.cash[j] - fee) / x
             fills.append((env.names[j], stamp, "buy" if x > 0 else "sell", x, price, fee, "signal", False))

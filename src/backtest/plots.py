@@ -17,8 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from src.backtest.metrics import rolling_sharpe  # noqa: E402
-
-Marks = list[tuple[pd.Timestamp, pd.Timestamp]]
+from src.scenarios import Marks  # noqa: E402
 
 
 def save_plots(
@@ -27,10 +26,11 @@ def save_plots(
     out_dir: Path,
     highlight: str,
     periods: float,
-    marks: Marks = (),
+    marks: Marks | None = None,
 ) -> list[Path]:
     """Write equity/drawdown/returns/position/rolling_sharpe PNGs for ``highlight``."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    marks = marks or []
     equity = equity_curves[highlight]
     returns = equity.pct_change().dropna()
     paths = []
@@ -51,7 +51,7 @@ def save_plots(
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist(returns.to_numpy(), bins=80, color="tab:blue")
     ax.set(title=f"Per-bar returns of {highlight}", xlabel="return", ylabel="bars")
-    paths.append(_save(fig, ax, out_dir / "returns.png", ()))
+    paths.append(_save(fig, ax, out_dir / "returns.png", []))
 
     fig, ax = plt.subplots(figsize=(10, 3))
     ax.step(equity.index, positions[: len(equity)], where="post", color="tab:green")

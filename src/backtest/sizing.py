@@ -54,7 +54,8 @@ def stop_unit(df: pd.DataFrame, cfg) -> np.ndarray:
     if cfg.unit == "percent":
         return np.ones(len(df))
     if cfg.unit == "atr":
-        atr = talib.ATR(*(df[c].to_numpy(np.float64) for c in ["$high", "$low", "$close"]), cfg.atr_period)
+        high, low, close = (df[c].to_numpy(np.float64) for c in ["$high", "$low", "$close"])
+        atr = talib.ATR(high, low, close, cfg.atr_period)
         return np.nan_to_num(atr / df["$close"].to_numpy(), nan=0.0)
     raise ConfigError(f"backtest.stops.unit={cfg.unit!r}; valid: percent, atr")
 

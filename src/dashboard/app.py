@@ -181,7 +181,8 @@ def run_page() -> None:
 def pick(label: str, rows: list[dict]) -> str:
     """A run chosen by name among ``rows`` (API run rows); returns its id."""
     names = {r["run_id"]: r["name"] for r in rows}
-    return st.selectbox(label, list(names), format_func=names.get, key=f"pick_{label}")
+    chosen = st.selectbox(label, list(names), format_func=lambda run_id: names[run_id], key=f"pick_{label}")
+    return str(chosen)
 
 
 def sweeps_page() -> None:

@@ -1,3 +1,1 @@
-"""Market data sources; importing registers them."""
-
-from src.data import ccxt_source, file_source, synthetic  # noqa: F401
+"""Market data sources (ccxt, files, synthetic); ``src.registry`` imports them for a lookup."""

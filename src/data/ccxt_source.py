@@ -18,8 +18,8 @@ from pathlib import Path
 import ccxt
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
+from src.config_checks import plain_dict
 from src.data.cache import read_parquet, write_parquet
 from src.data.credentials import exchange_credentials, redact
 from src.data.quality import bar_delta, check_bars
@@ -200,6 +200,8 @@ def load_exchange_ohlcv(
         ]
         cached = merged[~merged.index.duplicated(keep="last")].sort_index()
         write_parquet(validate_ohlcv(cached, source=str(path)), path)
+    if cached is None:  # nothing cached means every bar was missing, so it was fetched above
+        raise RuntimeError(f"{path}: no bars after fetching [{start}, {end})")
     window = cached.loc[(cached.index >= start_ts) & (cached.index < end_ts)]
     out = check_bars(window, timeframe, on_invalid, source=str(path))  # repaired every time
     for count in ("unsorted", "duplicates"):  # as fetched (the cache holds one row per bar)
@@ -234,7 +236,7 @@ def load_ccxt(cfg) -> pd.DataFrame:
         cfg.limit,
         cfg.on_invalid,
         cfg.base_url,
-        OmegaConf.to_container(cfg.options or {}, resolve=True),
+        plain_dict(cfg.options),
         cfg.max_retries,
         cfg.backoff_seconds,
     )

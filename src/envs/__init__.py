@@ -1,3 +1,1 @@
-"""Trading envs; importing registers them."""
-
-from src.envs import multi_agent_env, torchrl_env  # noqa: F401
+"""Trading envs; ``src.registry`` imports them for a lookup."""

@@ -99,7 +99,9 @@ def build_roles(cfg, df: pd.DataFrame, seed: int) -> tuple[list[str], list[int],
     """(agent names, learner slots, {slot: fixed strategy}) from ``env.agents``."""
     actions = action_space(cfg)
     entries = cfg.agents or [{"name": f"agent_{k}", "role": "learner"} for k in range(cfg.num_agents)]
-    names, learners, fixed = [], [], {}
+    names: list[str] = []
+    learners: list[int] = []
+    fixed: dict[int, FixedStrategy] = {}
     for k, entry in enumerate(OmegaConf.create(list(entries))):
         role = entry.get("role", "learner")
         name = entry.get("name") or f"agent_{k}"

@@ -489,6 +489,78 @@ def step_envs_parallel(
         )
 
 
+@njit(cache=True, error_model="numpy", parallel=True)
+def walk_targets(
+    targets,
+    bars,
+    features,
+    window,
+    rules,
+    rng_state,
+    start_low,
+    start_high,
+    t,
+    cash,
+    units,
+    requested,
+    equity,
+    steps,
+    stats,
+    risk,
+    obs,
+    account,
+    reward,
+    terminated,
+    truncated,
+    fills,
+    equity_path,
+    position_path,
+    fill_path,
+    ends,
+):
+    """Walk env i through ``targets[:, i]`` (S, N): step k = 1..S moves it towards
+    ``targets[k - 1, i]`` exactly as ``step_envs`` would (no auto-reset), and records its equity
+    ``equity_path[k, i]``, position fraction ``position_path[k, i]`` and executions
+    ``fill_path[k - 1, i]``. An env stops at its first terminated or truncated step, written to
+    ``ends[i]`` (its account stays as it ended). Envs are spread over numba's threads and share no
+    state: the result is bit-identical to stepping bar by bar, for any thread count."""
+    n_steps = targets.shape[0]
+    for i in prange(targets.shape[1]):
+        for k in range(1, n_steps + 1):
+            _step_env(
+                i,
+                targets[k - 1],
+                bars,
+                features,
+                window,
+                rules,
+                False,
+                rng_state,
+                start_low,
+                start_high,
+                t,
+                cash,
+                units,
+                requested,
+                equity,
+                steps,
+                stats,
+                risk,
+                obs,
+                account,
+                reward,
+                terminated,
+                truncated,
+                fills,
+            )
+            equity_path[k, i] = equity[i]
+            position_path[k, i] = account[i, 0]
+            fill_path[k - 1, i, :] = fills[i, :]
+            if terminated[i] or truncated[i]:
+                ends[i] = k
+                break
+
+
 @njit(cache=True, error_model="numpy")
 def close_positions(bars, rules, t, cash, units, requested, equity, fills):
     """Close every open position at its bar's close ``close[t]`` (the end of a backtest), charged

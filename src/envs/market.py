@@ -251,6 +251,47 @@ class VectorMarket:
         for name in self.STATE:
             getattr(self, name)[...] = state[name]
 
+    def walk(self, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Step every env through its own target path ``targets`` (S, N) float64 in one kernel
+        call (``kernels.walk_targets``); returns (equity (S+1, N), position fraction (S+1, N),
+        fills (S, N, 9), the last step of each env (N,)). Row 0 holds the state before the walk
+        (position 0)."""
+        n_steps = targets.shape[0]
+        equity_path = np.zeros((n_steps + 1, self.num_envs))
+        equity_path[0] = self.equity
+        position_path = np.zeros((n_steps + 1, self.num_envs))
+        fill_path = np.zeros((n_steps, self.num_envs, self.fills.shape[1]))
+        ends = np.full(self.num_envs, n_steps)
+        kernels.walk_targets(
+            np.ascontiguousarray(targets, dtype=np.float64),
+            self.bars,
+            self._flat_features,
+            self.window,
+            self._rules,
+            self.rng_state,
+            self.start_low,
+            self.start_high,
+            self.t,
+            self.cash,
+            self.units,
+            self.requested,
+            self.equity,
+            self.steps,
+            self.stats,
+            self.risk,
+            self._flat_obs,
+            self.account,
+            self.reward,
+            self.terminated,
+            self.truncated,
+            self.fills,
+            equity_path,
+            position_path,
+            fill_path,
+            ends,
+        )
+        return equity_path, position_path, fill_path, ends
+
     def close_positions(self) -> None:
         """Close every open position at its current bar's close, charged like any exit (the end
         of a backtest); ``fills`` then holds the closing trades."""

@@ -2,11 +2,14 @@
 
 Observation keys: ``market`` (N, window_size, n_features) float32 and ``account`` (N, 2) float32
 (position as a fraction of equity, log equity). ``action``: see ``src/envs/actions.py``. Tensors
-share memory with the kernel's numpy arrays; only the outputs handed to TorchRL are copied.
+share memory with the kernel's numpy arrays; only the outputs handed to TorchRL are copied, once
+per step: into page-locked (pinned) host memory when ``pin_memory`` is set (a GPU learner), so
+the collector's move to the GPU is one asynchronous DMA copy.
 Finished envs are reset by TorchRL's partial ``_reset`` mask, which the numba reset kernel applies.
 """
 
 import functools
+from collections.abc import Callable
 
 import pandas as pd
 import torch
@@ -32,8 +35,10 @@ class TradingEnv(EnvBase):
     def __init__(self, market: VectorMarket, actions: ActionSpace):
         super().__init__(batch_size=torch.Size([market.num_envs]), device="cpu")
         self.market, self.actions = market, actions
-        self.recipe = None  # (seed=, num_envs=) -> a TradingEnv like this one (Ray workers build theirs)
-        self._resume_state = None
+        # (seed=, num_envs=) -> a TradingEnv like this one (Ray workers build theirs)
+        self.recipe: Callable[..., TradingEnv] | None = None
+        self._resume_state: dict | None = None
+        self.pin_memory = False  # set by a CUDA learner (needs CUDA)
         n, w, f = market.obs.shape
         self._obs = torch.from_numpy(market.obs)  # shares memory with the kernel's buffers
         self._account = torch.from_numpy(market.account)
@@ -54,8 +59,12 @@ class TradingEnv(EnvBase):
             shape=(n,),
         )
 
+    def _copy(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The copy of a kernel buffer handed to TorchRL (the kernel overwrites its buffers)."""
+        return tensor.pin_memory() if self.pin_memory else tensor.clone()
+
     def _observation(self) -> dict:
-        return {"market": self._obs.clone(), "account": self._account.clone()}
+        return {"market": self._copy(self._obs), "account": self._copy(self._account)}
 
     def resume_from(self, state: dict) -> None:
         """The next full reset continues from ``state`` (``market.state()`` of a checkpoint)
@@ -80,12 +89,12 @@ class TradingEnv(EnvBase):
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         self.market.step(self.actions.to_targets(tensordict["action"]))
-        terminated = self._terminated.unsqueeze(-1).clone()
-        truncated = self._truncated.unsqueeze(-1).clone()
+        terminated = self._copy(self._terminated.unsqueeze(-1))
+        truncated = self._copy(self._truncated.unsqueeze(-1))
         return TensorDict(
             {
                 **self._observation(),
-                "reward": self._reward.unsqueeze(-1).clone(),
+                "reward": self._copy(self._reward.unsqueeze(-1)),
                 "done": terminated | truncated,
                 "terminated": terminated,
                 "truncated": truncated,

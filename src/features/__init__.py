@@ -1,3 +1,1 @@
-"""Feature sets; importing registers them."""
-
-from src.features import ta_basic, talib_set  # noqa: F401
+"""Feature sets; ``src.registry`` imports them for a lookup."""

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
+from src.config_checks import plain_dict
 from src.data.cache import read_parquet, write_parquet
 from src.features.normalize import normalization_warmup, normalize
 
@@ -92,7 +92,7 @@ class FeatureSet:
         return pd.concat([df.iloc[warmup:], kept], axis=1)
 
     def _cache_key(self, df: pd.DataFrame, fit_rows: int | None) -> str:
-        config = OmegaConf.to_container(self.cfg, resolve=True)
+        config = plain_dict(self.cfg)
         config.pop("cache_dir", None)
         record = json.dumps([CODE_VERSION, self.name, config, fit_rows], sort_keys=True)
         return hashlib.sha256((frame_hash(df) + record).encode()).hexdigest()

@@ -18,7 +18,7 @@ def ta_basic_features(df: pd.DataFrame) -> tuple[pd.DataFrame, None]:
     open_, high, low, close, volume = (df[c].to_numpy(dtype=float) for c in OHLCV)
     macd, macd_signal, macd_hist = talib.MACD(close, 12, 26, 9)
     upper, middle, lower = talib.BBANDS(close, 20, 2.0, 2.0)
-    stoch_k, stoch_d = talib.STOCH(high, low, close, 14, 3, 0, 3, 0)
+    stoch_k, stoch_d = talib.STOCH(high, low, close, 14, 3, talib.MA_Type.SMA, 3, talib.MA_Type.SMA)
     columns = {
         "$logret_1": np.log(close / np.r_[np.nan, close[:-1]]),
         "$range_1": (high - low) / close,

@@ -13,6 +13,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 from talib import abstract
 
+from src.config_checks import ConfigError
 from src.features.pipeline import FeatureSet
 from src.registry import register
 
@@ -28,7 +29,7 @@ def indicator(
 ) -> tuple[dict[str, np.ndarray], int]:
     """({column: values}, look-back) of one TA-Lib function."""
     try:
-        function = abstract.Function(fn)
+        function = abstract.Function(fn)  # type: ignore[attr-defined]  # missing from talib's stubs
     except Exception:  # noqa: BLE001 - talib raises a bare Exception for unknown names
         raise ValueError(f"features.indicators: unknown TA-Lib function {fn!r}") from None
     function.parameters = params
@@ -45,7 +46,8 @@ def indicator(
 def talib_features(df: pd.DataFrame, indicators: list[dict]) -> tuple[pd.DataFrame, int]:
     """All configured indicators on ``df``'s index, and the largest look-back among them."""
     arrays = {name: df[column].to_numpy(dtype=np.float64) for name, column in INPUTS.items()}
-    columns, lookback = {}, 0
+    columns: dict[str, np.ndarray] = {}
+    lookback = 0
     for entry in indicators:
         entry = dict(entry)
         fn, price_scale = entry.pop("fn"), entry.pop("price_scale", False)
@@ -61,4 +63,6 @@ def talib_features(df: pd.DataFrame, indicators: list[dict]) -> tuple[pd.DataFra
 @register("features", "talib")
 def build_talib(cfg) -> FeatureSet:
     indicators = OmegaConf.to_container(cfg.indicators, resolve=True)
+    if not isinstance(indicators, list):
+        raise ConfigError(f"features.indicators must be a list of {{fn: ..., params}}; got {indicators!r}")
     return FeatureSet(cfg.set_name, partial(talib_features, indicators=indicators), cfg)

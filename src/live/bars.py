@@ -6,9 +6,16 @@ passes its end plus a grace period (``close_due``). An update for a candle that 
 closed (a duplicate, a late or out-of-order message) is dropped and counted.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 Candle = tuple[int, float, float, float, float, float]
+
+
+def as_candle(row: Sequence[float]) -> Candle:
+    """(open time ms, open, high, low, close, volume) from any sequence of six numbers."""
+    t, o, h, low, c, v = row
+    return int(t), float(o), float(h), float(low), float(c), float(v)
 
 
 @dataclass
@@ -20,7 +27,7 @@ class ClosedBars:
     forming: Candle | None = None
     duplicates: int = 0  # updates for a bar already closed, identical to what was emitted
     out_of_order: int = 0  # updates for a bar already closed that differ (late or reordered)
-    emitted: dict = field(default_factory=dict)  # open time -> the bar emitted (recent ones)
+    emitted: dict[int, Candle] = field(default_factory=dict)  # open time -> the bar emitted (recent ones)
 
     def update(self, candle: Candle) -> list[Candle]:
         """Bars that the update ``candle`` closes, oldest first."""
@@ -37,7 +44,7 @@ class ClosedBars:
         if self.forming is not None and stamp < self.forming[0]:
             self.out_of_order += 1  # an older candle after a newer one started
             return closed
-        self.forming = tuple(candle)
+        self.forming = as_candle(candle)
         return closed
 
     def close_due(self, now_ms: int, grace_ms: int) -> list[Candle]:
@@ -54,13 +61,13 @@ class ClosedBars:
             return False
         if self.forming is not None and stamp >= self.forming[0]:
             self.forming = None  # the backfill has the final version of that candle
-        self._emit(tuple(candle))
+        self._emit(as_candle(candle))
         return True
 
     def _emit(self, candle: Candle) -> Candle:
         self.last_closed = int(candle[0])
         self.forming = None if self.forming is not None and self.forming[0] == candle[0] else self.forming
-        self.emitted[int(candle[0])] = tuple(candle)
+        self.emitted[int(candle[0])] = candle
         if len(self.emitted) > 64:
             self.emitted.pop(min(self.emitted))
-        return tuple(candle)
+        return candle

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 import ccxt
 import ccxt.pro
 import pandas as pd
-from omegaconf import OmegaConf
 
+from src.config_checks import plain_dict
 from src.data.ccxt_source import ExchangeClient
 from src.data.credentials import exchange_credentials
 from src.data.quality import bar_delta
 from src.data.validate import OHLCV
-from src.live.bars import Candle, ClosedBars
+from src.live.bars import Candle, ClosedBars, as_candle
 from src.registry import register
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def candles(df: pd.DataFrame) -> list[Candle]:
     """Rows of an OHLCV frame as candles (open time in ms)."""
     stamps = df.index.as_unit("ms").asi8
     values = df[OHLCV].to_numpy(float)
-    return [(int(t), *map(float, row)) for t, row in zip(stamps, values)]
+    return [as_candle((t, *row)) for t, row in zip(stamps, values)]
 
 
 class ReplayFeed:
@@ -74,7 +74,7 @@ class CcxtFeed:
         self.step = bar_delta(self.timeframe)
         self.step_ms = int(self.step.total_seconds() * 1000)
         self.feed_cfg = feed_cfg
-        options = OmegaConf.to_container(data_cfg.options or {}, resolve=True)
+        options = plain_dict(data_cfg.options)
         self.rest = ExchangeClient(
             data_cfg.exchange, data_cfg.base_url, options, data_cfg.max_retries, data_cfg.backoff_seconds
         )

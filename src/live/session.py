@@ -31,7 +31,7 @@ from rich.table import Table
 from src import registry
 from src.agents.base import Agent
 from src.backtest.engine import fill_rows
-from src.config_checks import ConfigError
+from src.config_checks import ConfigError, plain_dict
 from src.data.timeframes import periods_per_year
 from src.envs import kernels
 from src.envs.actions import ActionSpace
@@ -98,10 +98,11 @@ class Session:
         self.raw = journal.raw_bars()
         rules = market_rules(self.cfg.env, self.cfg.backtest, self.raw.index)
         self.broker = PaperBroker(rules, self.capital)
-        self.pending, self.decided_at = None, None
+        self.pending: tuple[float, int] | None = None  # (target, open time ms of the bar that decided it)
         saved = journal.state()
         if saved is not None:
-            self.decided_at, account, self.pending = saved
+            decided_at, account, target = saved
+            self.pending = None if target is None else (target, decided_at)
             self.broker.load(account)
         self.stats.equity = float(self.broker.equity[0]) * self.capital
         self.metrics: list[Metric] = []
@@ -116,17 +117,17 @@ class Session:
         with self.journal.bar():
             self.journal.add_bar(candle)
             if self.pending is not None and frame is not None and len(frame) >= 2:
-                self._fill(frame.iloc[-2:], candle[0])
-            observation = self.observer.window(frame)
+                self._fill(frame.iloc[-2:], candle[0], *self.pending)
+            observation = None if frame is None else self.observer.window(frame)
             target = None
-            if observation is not None:
+            if frame is not None and observation is not None:
                 target = self._decide(frame, observation)
                 latency = (time.perf_counter() - received) * 1e3
                 digest = hashlib.sha256(observation.tobytes()).hexdigest()[:16]
                 self.journal.add_decision(candle[0], digest, target, target, latency)
                 self.stats.latency_ms.append(latency)
                 self.stats.decisions += 1
-            self.pending, self.decided_at = target, candle[0]
+            self.pending = None if target is None else (target, candle[0])
             self.journal.save_state(candle[0], self.broker.state(), target)
         self.stats.bars += 1
         self.stats.last_bar = stamp
@@ -139,18 +140,19 @@ class Session:
             action = self.agent.act(torch.from_numpy(observation), torch.from_numpy(self.broker.account))
         return float(self.actions.to_targets(torch.as_tensor(action))[0])
 
-    def _fill(self, rows: pd.DataFrame, ts: int) -> None:
-        """Execute the pending target over (decision bar, this bar); journal fills and equity."""
-        fills = self.broker.step(self.pending, rows)
+    def _fill(self, rows: pd.DataFrame, ts: int, target: float, decided_at: int) -> None:
+        """Execute ``target`` (decided at bar ``decided_at``) over (decision bar, this bar);
+        journal fills and equity."""
+        fills = self.broker.step(target, rows)
         for _stamp, _side, units, price, fee, reason, partial in fill_rows(fills, rows.index[-1]):
             kind = "order" if reason == "signal" else "exit"
             self.journal.add_fill(
-                ts, kind, units * self.capital, price, fee * self.capital, reason, partial, self.decided_at
+                ts, kind, units * self.capital, price, fee * self.capital, reason, partial, decided_at
             )
             if self.exchange is not None:
-                self.exchange.mirror(self.journal.order_key(self.decided_at), kind, ts, units * self.capital)
+                self.exchange.mirror(self.journal.order_key(decided_at), kind, ts, units * self.capital)
             self.stats.fills += 1
-        self.journal.close_order(self.decided_at, "filled" if fills[kernels.ENTRY_UNITS] else "no_trade")
+        self.journal.close_order(decided_at, "filled" if fills[kernels.ENTRY_UNITS] else "no_trade")
         equity, cash = float(self.broker.equity[0]), float(self.broker.cash[0])
         self.journal.add_equity(
             ts,
@@ -177,10 +179,11 @@ class Session:
         with self.journal.bar():
             self.journal.add_event(marker.since, "stale", f"{marker.seconds:.1f}s without a bar")
             if self.pending is not None:
-                self.journal.close_order(self.decided_at, "cancelled_stale")
+                self.journal.close_order(self.pending[1], "cancelled_stale")
             self.pending = None
-            if self.cfg.paper.on_stale == "flatten" and self.broker.units[0] != 0:
-                frame = self.observer.frame(self.raw)
+            holding = self.cfg.paper.on_stale == "flatten" and self.broker.units[0] != 0
+            frame = self.observer.frame(self.raw) if holding else None
+            if frame is not None:
                 fills = self.broker.flatten(frame.iloc[-1:])
                 for _, _, units, price, fee, _, partial in fill_rows(fills, frame.index[-1]):
                     self.journal.add_fill(
@@ -196,8 +199,9 @@ class Session:
             self.journal.save_state(marker.since, self.broker.state(), None)
 
     def flush_metrics(self) -> None:
-        if self.metrics and mlflow.active_run() is not None:
-            mlflow.MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=self.metrics)
+        run = mlflow.active_run()
+        if self.metrics and run is not None:
+            mlflow.MlflowClient().log_batch(run.info.run_id, metrics=self.metrics)
         self.metrics = []
 
     def panel(self) -> Table:
@@ -298,6 +302,8 @@ def parity(cfg: DictConfig, journal: Journal, agent: Agent, actions: ActionSpace
         featurize, cfg.backtest, cfg.env.window_size, contract["normalize"].get("stats", {}), contract["features"]
     )
     frame = observer.frame(journal.raw_bars())
+    if frame is None:
+        raise ValueError(f"paper journal {journal.path}: too few bars for the features' warm-up to replay")
     first = frame.index.get_loc(pd.Timestamp(int(decisions.ts.iloc[0]), unit="ms", tz="UTC"))
     last = frame.index.get_loc(pd.Timestamp(int(equity.ts.iloc[-1]), unit="ms", tz="UTC"))
     df = frame.iloc[first - cfg.env.window_size + 1 : last + 1]
@@ -406,9 +412,9 @@ def paper_trade(
             )
             journal.add_history(history)
             journal.set_meta(
-                config=OmegaConf.to_container(cfg, resolve=True),
+                config=plain_dict(cfg),
                 checkpoint=str(checkpoint) if checkpoint else None,
-                mlflow_run_id=mlflow.active_run().info.run_id if mlflow.active_run() else None,
+                mlflow_run_id=run.info.run_id if (run := mlflow.active_run()) else None,
                 contract=contract,
             )
         agent, actions = agent_factory()

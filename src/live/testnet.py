@@ -11,9 +11,8 @@ refuses to start without sandbox mode, and without ``EXCHANGE_API_KEY``/``EXCHAN
 """
 
 import ccxt
-from omegaconf import OmegaConf
 
-from src.config_checks import ConfigError
+from src.config_checks import ConfigError, plain_dict
 from src.data.ccxt_source import ExchangeClient
 from src.data.credentials import exchange_credentials, redact
 from src.live.journal import Journal
@@ -37,7 +36,7 @@ class TestnetBroker:
                 "broker=ccxt_testnet needs EXCHANGE_API_KEY and EXCHANGE_API_SECRET "
                 "(testnet keys) in the environment or .env"
             )
-        options = OmegaConf.to_container(data_cfg.options or {}, resolve=True)
+        options = plain_dict(data_cfg.options)
         self.client = ExchangeClient(
             data_cfg.exchange, data_cfg.base_url, options, data_cfg.max_retries, data_cfg.backoff_seconds, sandbox=True
         )

@@ -70,7 +70,9 @@ def _trial_resources(config: DictConfig, threads: int) -> Any:
         return {"cpu": threads}
     ray_settings = OmegaConf.select(config, "resources.ray")
     workers = ray_settings.max_workers if ray_settings.autoscale else ray_settings.num_workers
-    return tune.PlacementGroupFactory([{"CPU": threads}] + [{"CPU": 1}] * int(workers))
+    bundles: list[dict[str, int | float]] = [{"CPU": threads}]
+    bundles += [{"CPU": 1} for _ in range(int(workers))]
+    return tune.PlacementGroupFactory(bundles)
 
 
 def _override(key: str, value: Any) -> str:
@@ -169,13 +171,24 @@ class RayTuneSweeper(Sweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
 
+    @property
+    def setup_config(self) -> DictConfig:
+        """The run's config given to ``setup`` (an error before it)."""
+        if self.config is None:
+            raise RuntimeError("RayTuneSweeper used before setup")
+        return self.config
+
     def sweep(self, arguments: list[str]) -> Any:
         from ray import tune  # heavy: imported when a sweep runs, not at plugin discovery
 
         if self.config is None or self.hydra_context is None:
             raise RuntimeError("RayTuneSweeper.sweep called before setup")
         conf, config = self.conf, self.config
-        space, fixed = parse(arguments, OmegaConf.to_container(conf.params, resolve=True))
+        given = OmegaConf.to_container(conf.params, resolve=True)
+        if not isinstance(given, dict):
+            raise ValueError(f"hydra.sweeper.params must map keys to sweeps; got {given!r}")
+        params: dict[str, Any] = {str(k): v for k, v in given.items()}
+        space, fixed = parse(arguments, params)
         if not space:
             raise ValueError(
                 "hydra/sweeper=ray_tune needs at least one sweep override, e.g. "
@@ -184,7 +197,7 @@ class RayTuneSweeper(Sweeper):
         sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         storage = Path(conf.storage_path or sweep_dir / "ray_results").absolute()
-        lines = [f"{k}={v}" for k, v in OmegaConf.to_container(conf.params, resolve=True).items()]
+        lines = [f"{k}={v}" for k, v in params.items()]
         resuming = self._prepare_storage(storage, fingerprint(lines + list(arguments), conf))
         self._start_ray(storage)
         parent = self._start_parent_run(sweep_dir, resuming)
@@ -330,14 +343,14 @@ class RayTuneSweeper(Sweeper):
         its interruption left RUNNING as KILLED."""
         from src.tracking.mlflow_run import experiment_id, use_tracking_uri
 
-        use_tracking_uri(self.config.mlflow.tracking_uri)
+        use_tracking_uri(self.setup_config.mlflow.tracking_uri)
         record = sweep_dir / "mlflow_parent_run_id"
         if resuming and record.is_file():
             parent = record.read_text().strip()
             _close_orphan_trials(parent)
             return mlflow.start_run(run_id=parent).info.run_id
         run = mlflow.start_run(
-            experiment_id=experiment_id(self.config.mlflow.experiment), run_name=f"sweep-{sweep_dir.name}"
+            experiment_id=experiment_id(self.setup_config.mlflow.experiment), run_name=f"sweep-{sweep_dir.name}"
         )
         record.write_text(run.info.run_id)
         mlflow.log_params(
@@ -373,7 +386,7 @@ class RayTuneSweeper(Sweeper):
                     "sharpe": {k: metrics.get(f"val_{k}") for k in SHARPE_INPUTS},
                 }
             )
-        _mark_stopped_runs(parent_run_id, [r["trial_id"] for r in rows if r["stopped"]])
+        _mark_stopped_runs(parent_run_id, [str(r["trial_id"]) for r in rows if r["stopped"]])
 
         def ranked(subset):
             return sorted(subset, key=lambda r: r["value"], reverse=conf.mode == "max")
@@ -440,7 +453,7 @@ class RayTuneSweeper(Sweeper):
         checkpoint = Path(best_dir or "") / "policy.pt"
         if best_dir and checkpoint.is_file():
             overrides.append(f"agent.checkpoint={checkpoint}")
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        config = self.hydra_context.config_loader.load_sweep_config(self.setup_config, overrides)
         with open_dict(config):
             config.hydra.job.id = "test_of_best"
             config.hydra.job.num = results["trials"]

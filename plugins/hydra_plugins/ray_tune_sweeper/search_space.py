@@ -34,6 +34,8 @@ def to_tune(override: Override) -> Any:
         log = "log" in value.tags
         if isinstance(value.start, int) and isinstance(value.end, int):
             return (tune.lograndint if log else tune.randint)(value.start, value.end + 1)
+        if value.start is None or value.end is None:
+            raise ValueError(f"{override.input_line}: an interval needs both ends")
         return (tune.loguniform if log else tune.uniform)(value.start, value.end)
     raise ValueError(f"{override.input_line}: unsupported sweep for Ray Tune")
 

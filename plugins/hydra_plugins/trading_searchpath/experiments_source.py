@@ -48,7 +48,7 @@ class ExperimentsConfigSource(ConfigSource):
 
     def is_config(self, config_path: str) -> bool:
         inner = _inner(config_path)
-        return bool(inner) and self._files.is_config(inner)
+        return inner is not None and inner != "" and self._files.is_config(inner)
 
     def list(self, config_path: str, results_filter: ObjectType | None) -> list[str]:
         if config_path == "":
