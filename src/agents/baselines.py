@@ -52,9 +52,8 @@ class SmaCross(Agent):
     def signals(self, df: pd.DataFrame) -> torch.Tensor:
         close = df["$close"].to_numpy(np.float64)
         long = torch.from_numpy(talib.SMA(close, self.fast) > talib.SMA(close, self.slow))
-        n = len(df)
-        shape = (n,) + (1,) * (self.actions.longest(1).dim() - 1)
-        return torch.where(long.reshape(shape), self.actions.longest(n), self.actions.flat(n))
+        hold, flat = self.actions.longest(1), self.actions.flat(1)  # broadcast over the bars
+        return torch.where(long.reshape((len(df),) + (1,) * (hold.dim() - 1)), hold, flat)
 
     def act(self, market: torch.Tensor, account: torch.Tensor) -> torch.Tensor:
         raise TypeError("sma_cross trades on prices, not observations: use signals(df)")

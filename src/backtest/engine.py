@@ -92,26 +92,20 @@ class Backtester:
         market.close_positions()
         scale, window, n = self.cfg.initial_cash, self.env_cfg.window_size, market.num_envs
         walk.equity[walk.ends, np.arange(n)] = market.equity
-        paid = np.concatenate([walk.fills, market.fills[None]])  # (S + 1, N, 9): the closing trade last
-        units = paid[:, :, [kernels.ENTRY_UNITS, kernels.EXIT_UNITS]]
-        prices = paid[:, :, [kernels.ENTRY_PRICE, kernels.EXIT_PRICE]]
-        traded = (np.abs(units * scale) * prices).sum(axis=(0, 2))
-        fees = paid[:, :, [kernels.ENTRY_FEE, kernels.EXIT_FEE]].sum(axis=(0, 2)) * scale
-        n_trades = (units != 0.0).sum(axis=(0, 2))
+        traded, fees, n_trades = kernels.fill_totals(walk.fills, market.fills, scale)
         out, periods_by_end = [], {}
+        given_periods, risk_free_rate = self.cfg.periods_per_year, self.cfg.risk_free_rate
         for i in range(n):
             end = walk.ends[i] + 1
             if end not in periods_by_end:
-                periods_by_end[end] = self.cfg.periods_per_year or periods_per_year(
-                    df.index[window - 1 : window - 1 + end]
-                )
+                periods_by_end[end] = given_periods or periods_per_year(df.index[window - 1 : window - 1 + end])
             periods = periods_by_end[end]
             out.append(
                 curve_metrics(
                     walk.equity[:end, i] * scale,
                     walk.positions[:end, i],
                     periods,
-                    self.cfg.risk_free_rate,
+                    risk_free_rate,
                     float(traded[i]),
                     float(fees[i]),
                     int(n_trades[i]),

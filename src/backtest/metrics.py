@@ -57,11 +57,6 @@ def rolling_sharpe(returns: pd.Series, periods: float) -> tuple[pd.Series, int]:
     return returns.rolling(window).mean() / returns.rolling(window).std() * np.sqrt(periods), window
 
 
-def max_drawdown(equity: np.ndarray) -> float:
-    peak = np.maximum.accumulate(equity)
-    return float(np.clip(np.min(equity / peak - 1.0), -1.0, 0.0))
-
-
 @njit(cache=True)
 def drawdown_bars(equity: np.ndarray) -> int:
     """Longest run of consecutive bars below the running peak."""
@@ -94,15 +89,6 @@ def round_trip_pnl(equity: np.ndarray, positions: np.ndarray) -> np.ndarray:
 def normal_cdf(x: float) -> float:
     """Phi(x), the standard normal distribution function."""
     return 0.5 * math.erfc(-x / math.sqrt(2.0))
-
-
-def moments(returns: np.ndarray) -> tuple[float, float]:
-    """(skewness, kurtosis) of ``returns``: the biased sample moments m3 / m2^1.5 and
-    m4 / m2^2 (kurtosis not excess)."""
-    centred = returns - returns.mean()
-    squared = centred * centred
-    m2 = squared.mean()
-    return float((squared * centred).mean() / m2**1.5), float((squared * squared).mean() / m2**2)
 
 
 def probabilistic_sharpe(sharpe: float, n: int, skewness: float, kurtosis: float, benchmark: float = 0.0) -> float:
@@ -201,43 +187,94 @@ def curve_metrics(
 ) -> dict[str, float]:
     """``compute_metrics`` from arrays: ``values`` the equity per bar, ``traded`` the notional of
     every fill, ``fees`` and ``financing`` the totals charged (all quote currency)."""
-    returns = values[1:] / values[:-1] - 1.0
-    n = max(len(returns), 1)
-    excess = returns - risk_free_rate / periods
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    (mean_excess, std, downside, var, cvar, skewness, kurtosis, drawdown, drawdown_length) = _return_stats(
+        values, risk_free_rate / periods
+    )
+    round_trips, wins, gross_win, gross_loss, pnl_sum, exposure = _trade_stats(values, positions)
+    n_returns = len(values) - 1
+    n = max(n_returns, 1)
     growth = values[-1] / values[0]
-    std = returns.std(ddof=1) if len(returns) > 1 else 0.0
-    downside = np.sqrt(np.mean(np.minimum(excess, 0.0) ** 2)) if len(returns) else 0.0
     cagr = growth ** (periods / n) - 1.0 if growth > 0 else -1.0
-    drawdown = max_drawdown(values)
-    var = -np.percentile(returns, 5) if len(returns) else 0.0
-    tail = returns[returns <= -var] if len(returns) else returns
-    pnl = round_trip_pnl(values, positions)
-    gross_win, gross_loss = pnl[pnl > 0].sum(), -pnl[pnl < 0].sum()
-    per_period = excess.mean() / std if std > 0 else 0.0
-    skewness, kurtosis = moments(returns) if std > 0 and len(returns) > 2 else (0.0, 3.0)
-    kurtosis = kurtosis if len(returns) > 3 else 3.0
+    per_period = mean_excess / std if std > 0 else 0.0
     return {
         "total_return": growth - 1.0,
         "cagr": cagr,
-        "volatility": std * np.sqrt(periods),
-        "sharpe": per_period * np.sqrt(periods),
+        "volatility": std * math.sqrt(periods),
+        "sharpe": per_period * math.sqrt(periods),
         "sharpe_per_period": float(per_period),
         "skewness": skewness,
         "kurtosis": kurtosis,
-        "n_returns": float(len(returns)),
-        "psr": probabilistic_sharpe(per_period, len(returns), skewness, kurtosis),
-        "sortino": _ratio(excess.mean() * np.sqrt(periods), downside) if len(returns) else 0.0,
+        "n_returns": float(n_returns),
+        "psr": probabilistic_sharpe(per_period, n_returns, skewness, kurtosis),
+        "sortino": _ratio(mean_excess * math.sqrt(periods), downside) if n_returns else 0.0,
         "max_drawdown": drawdown,
-        "max_drawdown_bars": float(drawdown_bars(values)),
+        "max_drawdown_bars": float(drawdown_length),
         "calmar": _ratio(cagr, abs(drawdown)),
-        "var_95": float(var),
-        "cvar_95": float(-tail.mean()) if len(tail) else 0.0,
-        "win_rate": float((pnl > 0).mean()) if len(pnl) else 0.0,
-        "profit_factor": float(min(gross_win / max(gross_loss, 1e-12), RATIO_CAP)) if len(pnl) else 0.0,
-        "avg_trade": float(pnl.mean() / values[0]) if len(pnl) else 0.0,
-        "exposure": float(np.mean(np.abs(positions) > 1e-12)) if len(positions) else 0.0,
+        "var_95": var,
+        "cvar_95": cvar,
+        "win_rate": wins / round_trips if round_trips else 0.0,
+        "profit_factor": min(gross_win / max(gross_loss, 1e-12), RATIO_CAP) if round_trips else 0.0,
+        "avg_trade": pnl_sum / round_trips / values[0] if round_trips else 0.0,
+        "exposure": exposure,
         "turnover": traded / values.mean() * periods / n,
         "fees": fees / values[0] if n_trades else 0.0,
         "financing": financing / values[0],
         "trades": float(n_trades),
     }
+
+
+@njit(cache=True)
+def _return_stats(values: np.ndarray, rf_per_period: float):
+    """Of the per-bar returns of ``values``: (mean excess return, sample std, downside deviation,
+    VaR 95, CVaR 95, skewness, kurtosis), then the max drawdown and its longest run in bars (see
+    the module docstring; with fewer returns than a statistic needs it takes its neutral value)."""
+    returns = values[1:] / values[:-1] - 1.0
+    n = len(returns)
+    mean_excess = std = downside = var = cvar = skewness = 0.0
+    kurtosis = 3.0
+    if n:
+        mean = returns.mean()
+        mean_excess = mean - rf_per_period
+        centred = returns - mean
+        squared = centred * centred
+        if n > 1:
+            std = math.sqrt(squared.sum() / (n - 1))
+        shortfall = np.minimum(returns - rf_per_period, 0.0)
+        downside = math.sqrt((shortfall * shortfall).mean())
+        var = -np.percentile(returns, 5.0)
+        cvar = -returns[returns <= -var].mean()
+        m2 = squared.mean()
+        if std > 0 and n > 2:
+            skewness = (squared * centred).mean() / m2**1.5
+            if n > 3:
+                kurtosis = (squared * squared).mean() / m2**2
+    drawdown = min(max((values / _running_max(values) - 1.0).min(), -1.0), 0.0)
+    return mean_excess, std, downside, var, cvar, skewness, kurtosis, drawdown, drawdown_bars(values)
+
+
+@njit(cache=True)
+def _running_max(values: np.ndarray) -> np.ndarray:
+    out = np.empty_like(values)
+    peak = -np.inf
+    for k in range(len(values)):
+        peak = max(peak, values[k])
+        out[k] = peak
+    return out
+
+
+@njit(cache=True)
+def _trade_stats(values: np.ndarray, positions: np.ndarray):
+    """(round trips, winning ones, gross win, gross loss, total P&L, exposure) of the round trips
+    in ``round_trip_pnl`` and the fraction of bars with a position."""
+    pnl = round_trip_pnl(values, positions)
+    wins = gross_win = gross_loss = 0.0
+    for x in pnl:
+        if x > 0:
+            wins += 1.0
+            gross_win += x
+        elif x < 0:
+            gross_loss -= x
+    exposure = (np.abs(positions) > 1e-12).mean() if len(positions) else 0.0
+    return len(pnl), wins, gross_win, gross_loss, pnl.sum(), exposure

@@ -558,7 +558,25 @@ def walk_targets(
             fill_path[k - 1, i, :] = fills[i, :]
             if terminated[i] or truncated[i]:
                 ends[i] = k
+                fill_path[k:, i, :] = 0.0  # no executions after the end
                 break
+
+
+@njit(cache=True, error_model="numpy")
+def fill_totals(fill_path, closing, scale):
+    """Per env of ``fill_path`` (S, N, 9) plus its ``closing`` fills (N, 9), units x ``scale``:
+    (traded notional, fees, number of fills)."""
+    n = fill_path.shape[1]
+    traded, fees, count = np.zeros(n), np.zeros(n), np.zeros(n, np.int64)
+    for i in range(n):
+        for k in range(fill_path.shape[0] + 1):
+            row = fill_path[k, i] if k < fill_path.shape[0] else closing[i]
+            for units, price, fee in ((ENTRY_UNITS, ENTRY_PRICE, ENTRY_FEE), (EXIT_UNITS, EXIT_PRICE, EXIT_FEE)):
+                if row[units] != 0.0:
+                    traded[i] += abs(row[units] * scale) * row[price]
+                    fees[i] += row[fee] * scale
+                    count[i] += 1
+    return traded, fees, count
 
 
 @njit(cache=True, error_model="numpy")

@@ -260,7 +260,7 @@ class VectorMarket:
         equity_path = np.zeros((n_steps + 1, self.num_envs))
         equity_path[0] = self.equity
         position_path = np.zeros((n_steps + 1, self.num_envs))
-        fill_path = np.zeros((n_steps, self.num_envs, self.fills.shape[1]))
+        fill_path = np.empty((n_steps, self.num_envs, self.fills.shape[1]))  # the kernel writes every row
         ends = np.full(self.num_envs, n_steps)
         kernels.walk_targets(
             np.ascontiguousarray(targets, dtype=np.float64),
