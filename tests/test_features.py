@@ -9,7 +9,7 @@ import talib
 from omegaconf import OmegaConf
 
 from src import registry
-from src.data.cache import read_parquet, write_parquet
+from src.data.cache import read_frame, write_frame
 from src.data.synthetic import synthetic_ohlcv
 from tests.conftest import compose_config
 
@@ -88,18 +88,19 @@ def test_feature_cache_is_reused_and_verified_by_content(tmp_path, caplog):
     compute = featurize.compute
     featurize.compute = lambda df: calls.append(1) or compute(df)
     first = featurize(RAW)
-    (path,) = tmp_path.glob("*.parquet")
+    (path,) = tmp_path.glob("*.arrow")
     again = featurize(RAW)
     assert len(calls) == 1 and again.equals(first)  # second call: read from the cache
 
-    frame, record = read_parquet(path)
+    frame, record = read_frame(path)
+    frame = frame.copy()  # a cached frame is a read-only view of the mapped file
     frame.iloc[10, 7] += 1.0  # tamper with a value, keep the old metadata
-    write_parquet(frame, path, record)
+    write_frame(frame, path, record)
     assert featurize(RAW).equals(first) and len(calls) == 2 and "verification" in caplog.text
 
     featurize(RAW.iloc[:-1])  # other input data: another key, another file
-    assert len(calls) == 3 and len(list(tmp_path.glob("*.parquet"))) == 2
-    other = next(p for p in tmp_path.glob("*.parquet") if p != path)
+    assert len(calls) == 3 and len(list(tmp_path.glob("*.arrow"))) == 2
+    other = next(p for p in tmp_path.glob("*.arrow") if p != path)
     shutil.copy(other, path)  # a file under the right name but with another key is refused
     assert featurize(RAW).equals(first) and len(calls) == 4
 
@@ -119,6 +120,6 @@ def test_rolling_zscore_matches_pandas_rolling_statistics():
     window = 64
     mean, std = df.rolling(window).mean(), df.rolling(window).std()
     expected = ((df - mean) / std.where(std > 0)).where(std > 0, 0.0).where(mean.notna()).clip(-CLIP, CLIP)
-    got = rolling_zscore(df, window)
+    got = pd.DataFrame(dict(zip(df.columns, rolling_zscore([df[c].to_numpy(float, copy=True) for c in df], window))))
     assert got.isna().equals(expected.isna())
     np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), atol=1e-8, equal_nan=True)

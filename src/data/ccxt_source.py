@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from src.config_checks import plain_dict
-from src.data.cache import read_parquet, write_parquet
+from src.data.cache import read_frame, write_frame
 from src.data.credentials import exchange_credentials, redact
 from src.data.quality import bar_delta, check_bars
 from src.data.validate import OHLCV, DataValidationError, validate_ohlcv
@@ -44,7 +44,7 @@ def read_cache(path: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     try:
-        df, _ = read_parquet(path)
+        df, _ = read_frame(path)
         if list(df.columns) != OHLCV or not isinstance(df.index, pd.DatetimeIndex):
             raise ValueError(f"schema {list(df.columns)} / {type(df.index).__name__}")
         return validate_ohlcv(df, source=str(path))
@@ -199,7 +199,7 @@ def load_exchange_ohlcv(
             "data_quality"
         ]
         cached = merged[~merged.index.duplicated(keep="last")].sort_index()
-        write_parquet(validate_ohlcv(cached, source=str(path)), path)
+        write_frame(validate_ohlcv(cached, source=str(path)), path)
     if cached is None:  # nothing cached means every bar was missing, so it was fetched above
         raise RuntimeError(f"{path}: no bars after fetching [{start}, {end})")
     window = cached.loc[(cached.index >= start_ts) & (cached.index < end_ts)]

@@ -13,8 +13,9 @@ from src.features.pipeline import FeatureSet
 from src.registry import register
 
 
-def ta_basic_features(df: pd.DataFrame) -> tuple[pd.DataFrame, None]:
-    """$-prefixed indicator columns on ``df``'s index (NaN during each indicator's warm-up)."""
+def ta_basic_features(df: pd.DataFrame) -> tuple[dict[str, np.ndarray], None]:
+    """$-prefixed indicator columns of ``df`` ({column: values}; NaN during each indicator's
+    warm-up)."""
     open_, high, low, close, volume = (df[c].to_numpy(dtype=float) for c in OHLCV)
     macd, macd_signal, macd_hist = talib.MACD(close, 12, 26, 9)
     upper, middle, lower = talib.BBANDS(close, 20, 2.0, 2.0)
@@ -40,7 +41,7 @@ def ta_basic_features(df: pd.DataFrame) -> tuple[pd.DataFrame, None]:
         "$stoch_d_14": stoch_d,
         "$volume_ratio_20": volume / talib.SMA(volume, 20),
     }
-    return pd.DataFrame(columns, index=df.index), None
+    return columns, None
 
 
 @register("features", "ta_basic")

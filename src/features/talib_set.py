@@ -36,15 +36,18 @@ def indicator(
     outputs = function(df_arrays)
     outputs = outputs if isinstance(outputs, list) else [outputs]
     names = function.output_names if len(outputs) > 1 else [fn.lower()]
-    scale = df_arrays["close"] if price_scale else 1.0
-    return (
-        {f"${name.lower()}{_suffix(params)}": np.asarray(values) / scale for name, values in zip(names, outputs)},
-        function.lookback,
-    )
+    columns = {
+        f"${name.lower()}{_suffix(params)}": np.asarray(values, np.float64) for name, values in zip(names, outputs)
+    }
+    if price_scale:
+        for values in columns.values():
+            values /= df_arrays["close"]  # TA-Lib's own output array: no copy
+    return columns, function.lookback
 
 
-def talib_features(df: pd.DataFrame, indicators: list[dict]) -> tuple[pd.DataFrame, int]:
-    """All configured indicators on ``df``'s index, and the largest look-back among them."""
+def talib_features(df: pd.DataFrame, indicators: list[dict]) -> tuple[dict[str, np.ndarray], int]:
+    """All configured indicators of ``df`` ({column: values}), and the largest look-back among
+    them."""
     arrays = {name: df[column].to_numpy(dtype=np.float64) for name, column in INPUTS.items()}
     columns: dict[str, np.ndarray] = {}
     lookback = 0
@@ -57,7 +60,7 @@ def talib_features(df: pd.DataFrame, indicators: list[dict]) -> tuple[pd.DataFra
             raise ValueError(f"features.indicators: {sorted(duplicate)} configured twice")
         columns.update(values)
         lookback = max(lookback, entry_lookback)
-    return pd.DataFrame(columns, index=df.index), lookback
+    return columns, lookback
 
 
 @register("features", "talib")
