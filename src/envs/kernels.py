@@ -496,6 +496,7 @@ def walk_targets(
     features,
     window,
     rules,
+    auto_reset,
     rng_state,
     start_low,
     start_high,
@@ -522,8 +523,9 @@ def walk_targets(
     ``targets[k - 1, i]`` exactly as ``step_envs`` would (no auto-reset), and records its equity
     ``equity_path[k, i]``, position fraction ``position_path[k, i]`` and executions
     ``fill_path[k - 1, i]``. An env stops at its first terminated or truncated step, written to
-    ``ends[i]`` (its account stays as it ended). Envs are spread over numba's threads and share no
-    state: the result is bit-identical to stepping bar by bar, for any thread count."""
+    ``ends[i]`` (its account stays as it ended): ``auto_reset`` must be False. Envs are spread
+    over numba's threads and share no state: the result is bit-identical to stepping bar by bar,
+    for any thread count."""
     n_steps = targets.shape[0]
     for i in prange(targets.shape[1]):
         for k in range(1, n_steps + 1):
@@ -534,7 +536,7 @@ def walk_targets(
                 features,
                 window,
                 rules,
-                False,
+                auto_reset,
                 rng_state,
                 start_low,
                 start_high,

@@ -197,13 +197,17 @@ class VectorMarket:
     def step(self, targets: np.ndarray) -> None:
         """Move every env one bar towards ``targets`` (N,) float64, fractions of equity."""
         step = kernels.step_envs_parallel if self.num_envs >= PARALLEL_MIN_ENVS else kernels.step_envs
-        step(
-            targets,
+        step(targets, *self._kernel_args(self.auto_reset))
+
+    def _kernel_args(self, auto_reset: bool) -> tuple:
+        """The market's data, rules and state in the order the step kernels take them (after the
+        targets)."""
+        return (
             self.bars,
             self._flat_features,
             self.window,
             self._rules,
-            self.auto_reset,
+            auto_reset,
             self.rng_state,
             self.start_low,
             self.start_high,
@@ -264,27 +268,7 @@ class VectorMarket:
         ends = np.full(self.num_envs, n_steps)
         kernels.walk_targets(
             np.ascontiguousarray(targets, dtype=np.float64),
-            self.bars,
-            self._flat_features,
-            self.window,
-            self._rules,
-            self.rng_state,
-            self.start_low,
-            self.start_high,
-            self.t,
-            self.cash,
-            self.units,
-            self.requested,
-            self.equity,
-            self.steps,
-            self.stats,
-            self.risk,
-            self._flat_obs,
-            self.account,
-            self.reward,
-            self.terminated,
-            self.truncated,
-            self.fills,
+            *self._kernel_args(False),
             equity_path,
             position_path,
             fill_path,
