@@ -88,7 +88,9 @@ def _write_obs(i, t, features, window, units, close, equity, obs, account):
     safe_equity = max(equity[i], MIN_EQUITY)
     width = obs.shape[1]
     first = (t - window + 1) * (width // window)
-    obs[i, :] = features[first : first + width]
+    row = obs[i]
+    for k in range(width):  # an explicit loop: numba vectorises it better than a slice copy
+        row[k] = features[first + k]
     account[i, 0] = units[i] * close / safe_equity
     account[i, 1] = np.log(safe_equity)
 
@@ -293,7 +295,8 @@ def _step_env(
     o, h, l, c = bars[nxt, OPEN], bars[nxt, HIGH], bars[nxt, LOW], bars[nxt, CLOSE]
     last_volume, slip_scale, fee_scale = bars[now, VOLUME], bars[nxt, SLIPPAGE_SCALE], bars[nxt, FEE_SCALE]
     previous_equity = equity[i]
-    fills[i, :] = 0.0
+    for column in range(fills.shape[1]):
+        fills[i, column] = 0.0
     entered = False  # a position opened (or flipped) at this bar's open
     target = targets[i]
     if risk[i, PAUSE_LEFT] > 0:  # the drawdown breaker holds the account flat
