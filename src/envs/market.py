@@ -158,6 +158,11 @@ class VectorMarket:
         self.rng_state = np.zeros(n, np.uint64)
         self.seed(seed)
 
+    def use_obs_buffer(self, obs: np.ndarray) -> None:
+        """Write observations into ``obs`` (N, window, F) float32 from now on, instead of the
+        current buffer (a TorchRL env hands each step's buffer out instead of copying it)."""
+        self.obs, self._flat_obs = obs, obs.reshape(self.num_envs, -1)
+
     @property
     def n_bars(self) -> int:
         return len(self.bars)
@@ -266,14 +271,8 @@ class VectorMarket:
         position_path = np.zeros((n_steps + 1, self.num_envs))
         fill_path = np.empty((n_steps, self.num_envs, self.fills.shape[1]))  # the kernel writes every row
         ends = np.full(self.num_envs, n_steps)
-        kernels.walk_targets(
-            np.ascontiguousarray(targets, dtype=np.float64),
-            *self._kernel_args(False),
-            equity_path,
-            position_path,
-            fill_path,
-            ends,
-        )
+        walked = np.ascontiguousarray(targets, dtype=np.float64)
+        kernels.walk_targets(*(walked, *self._kernel_args(False), equity_path, position_path, fill_path, ends))
         return equity_path, position_path, fill_path, ends
 
     def close_positions(self) -> None:

@@ -1,10 +1,11 @@
 """``TradingEnv``: N kernel envs as one batched TorchRL ``EnvBase`` (batch_size=[N]).
 
 Observation keys: ``market`` (N, window_size, n_features) float32 and ``account`` (N, 2) float32
-(position as a fraction of equity, log equity). ``action``: see ``src/envs/actions.py``. Tensors
-share memory with the kernel's numpy arrays; only the outputs handed to TorchRL are copied, once
-per step: into page-locked (pinned) host memory when ``pin_memory`` is set (a GPU learner), so
-the collector's move to the GPU is one asynchronous DMA copy.
+(position as a fraction of equity, log equity). ``action``: see ``src/envs/actions.py``. The kernel
+writes each step's observations straight into a new tensor that is handed to TorchRL (no copy;
+the kernel never writes into it again), in page-locked (pinned) host memory when ``pin_memory``
+is set (a GPU learner), so the collector's move to the GPU is one asynchronous DMA copy. The
+small outputs (account, reward, done flags) are copied from the kernel's buffers.
 Finished envs are reset by TorchRL's partial ``_reset`` mask, which the numba reset kernel applies.
 """
 
@@ -20,8 +21,11 @@ from torchrl.envs import EnvBase
 from src.data.timeframes import periods_per_year
 from src.data.validate import OHLCV
 from src.envs.actions import ActionSpace
+from src.envs.allocator import keep_freed_memory
 from src.envs.market import MarketRules, VectorMarket
 from src.registry import register
+
+keep_freed_memory()  # every step hands out a fresh observation tensor (see src/envs/allocator.py)
 
 
 def feature_columns(df: pd.DataFrame) -> list[str]:
@@ -40,7 +44,6 @@ class TradingEnv(EnvBase):
         self._resume_state: dict | None = None
         self.pin_memory = False  # set by a CUDA learner (needs CUDA)
         n, w, f = market.obs.shape
-        self._obs = torch.from_numpy(market.obs)  # shares memory with the kernel's buffers
         self._account = torch.from_numpy(market.account)
         self._reward = torch.from_numpy(market.reward)
         self._terminated = torch.from_numpy(market.terminated)
@@ -63,8 +66,17 @@ class TradingEnv(EnvBase):
         """The copy of a kernel buffer handed to TorchRL (the kernel overwrites its buffers)."""
         return tensor.pin_memory() if self.pin_memory else tensor.clone()
 
-    def _observation(self) -> dict:
-        return {"market": self._copy(self._obs), "account": self._copy(self._account)}
+    def _fresh_obs(self, copy_current: bool) -> torch.Tensor:
+        """A new observation tensor that the kernel writes into from now on (starting as a copy
+        of the current observations when some envs will not be rewritten)."""
+        obs = torch.empty(self.market.obs.shape, dtype=torch.float32, pin_memory=self.pin_memory)
+        if copy_current:
+            obs.copy_(torch.from_numpy(self.market.obs))
+        self.market.use_obs_buffer(obs.numpy())
+        return obs
+
+    def _observation(self, obs: torch.Tensor) -> dict:
+        return {"market": obs, "account": self._copy(self._account)}
 
     def resume_from(self, state: dict) -> None:
         """The next full reset continues from ``state`` (``market.state()`` of a checkpoint)
@@ -76,6 +88,7 @@ class TradingEnv(EnvBase):
         mask = None
         if tensordict is not None and "_reset" in tensordict.keys():
             mask = tensordict["_reset"].reshape(-1).numpy()
+        obs = self._fresh_obs(copy_current=mask is not None and not mask.all())
         if mask is None and self._resume_state is not None:
             self.market.load_state(self._resume_state)
             self._resume_state = None
@@ -83,17 +96,18 @@ class TradingEnv(EnvBase):
             self.market.reset(mask)
         done = torch.zeros(self.batch_size + (1,), dtype=torch.bool)
         return TensorDict(
-            {**self._observation(), "done": done, "terminated": done.clone(), "truncated": done.clone()},
+            {**self._observation(obs), "done": done, "terminated": done.clone(), "truncated": done.clone()},
             batch_size=self.batch_size,
         )
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        obs = self._fresh_obs(copy_current=False)  # the kernel writes every env's window
         self.market.step(self.actions.to_targets(tensordict["action"]))
         terminated = self._copy(self._terminated.unsqueeze(-1))
         truncated = self._copy(self._truncated.unsqueeze(-1))
         return TensorDict(
             {
-                **self._observation(),
+                **self._observation(obs),
                 "reward": self._copy(self._reward.unsqueeze(-1)),
                 "done": terminated | truncated,
                 "terminated": terminated,
