@@ -114,7 +114,7 @@ class Backtester:
             )
         return out
 
-    def _walk_targets(self, targets: np.ndarray, df: pd.DataFrame) -> tuple[VectorMarket, "Walk"]:
+    def _walk_targets(self, targets: np.ndarray, df: pd.DataFrame) -> tuple[VectorMarket, Walk]:
         """Every target path walked through ``df`` in one kernel call (see ``run_targets``)."""
         window = self.env_cfg.window_size
         market = self._market(df, targets.shape[1], observe=False)
