@@ -98,6 +98,7 @@ class TradingEnv(EnvBase):
         return TensorDict(
             {**self._observation(obs), "done": done, "terminated": done.clone(), "truncated": done.clone()},
             batch_size=self.batch_size,
+            device=self.device,  # already on the env's device: TorchRL does not convert it again
         )
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -114,6 +115,7 @@ class TradingEnv(EnvBase):
                 "truncated": truncated,
             },
             batch_size=self.batch_size,
+            device=self.device,  # already on the env's device: TorchRL does not convert it again
         )
 
     def _set_seed(self, seed: int | None) -> None:
