@@ -262,3 +262,15 @@ def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
     (parent,), children, (tested,) = sweep_runs(tmp_path)
     assert parent.info.status == "FINISHED" and tested.info.status == "FINISHED"
     assert not [r for r in children if r.info.status == "RUNNING"]  # no orphan left RUNNING
+
+
+def test_a_trial_reserves_its_ray_collection_workers_in_its_placement_group():
+    """A trial with resources=ray reserves its learner's threads plus one CPU per collection
+    worker it may use (max_workers with autoscale, else num_workers); others reserve threads."""
+    from hydra_plugins.ray_tune_sweeper.ray_tune_sweeper import _trial_resources
+
+    scaled = _trial_resources(compose_config(["resources=ray"]), 2)
+    assert scaled.bundles == [{"CPU": 2}] + [{"CPU": 1}] * 8
+    fixed = _trial_resources(compose_config(["resources=ray", "resources.ray.autoscale=false"]), 2)
+    assert fixed.bundles == [{"CPU": 2}, {"CPU": 1}, {"CPU": 1}]
+    assert _trial_resources(compose_config(), 2) == {"cpu": 2}
