@@ -183,7 +183,7 @@ class WorkerScaler:
                 return self._move(
                     before,
                     f"{before} -> {count} workers changed frames/s by {gain:+.0%} "
-                    f"(within {self.threshold:.0%}); back to {before}",
+                    f"(not a rise above {self.threshold:.0%}); back to {before}",
                 )
             return None  # after removing workers: hold
         if earlier is not None and rate < earlier * (1.0 - self.threshold) and down:

@@ -17,11 +17,10 @@ class Monitor:
     def __init__(self, device: torch.device):
         self.device = device
         self.process = psutil.Process()
-        self.started = self.mark = time.perf_counter()
-        self.frames = 0
+        self.mark = time.perf_counter()
 
     def start(self) -> None:
-        self.started = self.mark = time.perf_counter()
+        self.mark = time.perf_counter()
         self.process.cpu_percent()  # the first call only sets the reference point
 
     def lap(self) -> float:
@@ -31,12 +30,12 @@ class Monitor:
         return seconds
 
     def iteration(self, frames: int, collect_seconds: float, update_seconds: float) -> dict[str, float]:
-        """This iteration's figures: frames/s (over the run so far), collection and update
-        seconds, RSS (GB), CPU utilisation (percent of one core, since the last call), and GPU
-        memory (GB, peak allocated by torch) on a CUDA learner."""
-        self.frames += frames
+        """This iteration's figures: frames/s (its frames over its collection + update time: what
+        the Ray worker scaler compares), collection and update seconds, RSS (GB), CPU
+        utilisation (percent of one core, since the last call), and GPU memory (GB, peak
+        allocated by torch) on a CUDA learner."""
         figures = {
-            "perf/frames_per_second": self.frames / max(time.perf_counter() - self.started, 1e-9),
+            "perf/frames_per_second": frames / max(collect_seconds + update_seconds, 1e-9),
             "perf/collect_seconds": collect_seconds,
             "perf/update_seconds": update_seconds,
             "perf/rss_gb": self.process.memory_info().rss / 1024**3,
