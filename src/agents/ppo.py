@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from tensordict import TensorDict
 from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import nn
@@ -156,9 +156,9 @@ class PPOAgent(Agent):
                         task,
                         completed=progress.frames,
                         description=(
-                            f"PPO  reward/step {metrics['train/reward_per_step']:+.1e}  best val Sharpe "
-                            f"{best.score:+.2f}  {metrics['perf/frames_per_second']:,.0f} frames/s  "
-                            f"RSS {metrics['perf/rss_gb']:.1f} GB"
+                            f"PPO  r/step {metrics['train/reward_per_step']:+.1e}  val Sharpe "
+                            f"{best.score:+.2f}  {metrics['perf/frames_per_second']:,.0f} fr/s  "
+                            f"{metrics['perf/rss_gb']:.1f} GB"
                         ),
                     )
                     if store is not None:
@@ -367,12 +367,10 @@ def _check_batch_sizes(cfg, num_envs: int) -> None:
 def _progress(enabled: bool) -> Progress:
     return Progress(
         TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("frames"),
+        BarColumn(bar_width=12),
         TimeRemainingColumn(),
         disable=not enabled,
-    )
+    )  # fits an 80-column terminal: nothing of the description is cut
 
 
 @register("agent", "ppo")
