@@ -58,9 +58,7 @@ def rltrade_grid(repeats: int) -> dict:
 
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose("config", overrides=["data=sample_goog_1d", "agent=sma_cross"])
-    raw = goog().rename(columns=lambda c: "$" + c.lower())
-    raw.index = raw.index.tz_localize("UTC")
-    df = with_risk_columns(raw, cfg.backtest)
+    df = with_risk_columns(registry.build("data", cfg.data), cfg.backtest)  # the same GOOG bars
     env = registry.build("env", cfg.env, df, seed=0, num_envs=1)
     backtester = registry.build("backtest", cfg.backtest, cfg.env, env.actions)
     agents = [

@@ -89,9 +89,8 @@ class Backtester:
         from the walk's arrays without building each path's series and trade table: what a
         parameter grid ranks its cells by."""
         market, walk = self._walk_targets(targets, df)
-        market.close_positions()
+        _close_at_end(market, walk.equity, walk.ends)
         scale, window, n = self.cfg.initial_cash, self.env_cfg.window_size, market.num_envs
-        walk.equity[walk.ends, np.arange(n)] = market.equity
         traded, fees, n_trades = kernels.fill_totals(walk.fills, market.fills, scale)
         out, periods_by_end = [], {}
         given_periods, risk_free_rate = self.cfg.periods_per_year, self.cfg.risk_free_rate
@@ -158,11 +157,10 @@ class Backtester:
         """With ``close_at_end`` close what each env still holds at the close of its last bar (a
         trade with reason ``end_of_backtest``); then each env's result up to its last step."""
         if close_at_end:
-            market.close_positions()
+            _close_at_end(market, equity, ends)
             for i in range(market.num_envs):
                 if market.fills[i, kernels.EXIT_UNITS] != 0.0:
                     fills[i] += fill_rows(market.fills[i], df.index[market.t[i]])
-                equity[ends[i], i] = market.equity[i]
         return [
             self._result(
                 df, equity[: ends[i] + 1, i], positions[: ends[i] + 1, i], financing[: ends[i] + 1, i], fills[i]
@@ -181,6 +179,13 @@ class Backtester:
             curve, positions, trades, self.cfg.periods_per_year, self.cfg.risk_free_rate, charged.to_numpy()
         )
         return BacktestResult(curve, positions, charged, trades, metrics)
+
+
+def _close_at_end(market: VectorMarket, equity: np.ndarray, ends: np.ndarray) -> None:
+    """Close every env's position at the close of its last bar (``market.fills`` then holds the
+    closing trades) and make that its last equity, ``equity[ends[i], i]``."""
+    market.close_positions()
+    equity[ends, np.arange(market.num_envs)] = market.equity
 
 
 def fill_rows(row: np.ndarray, stamp: pd.Timestamp) -> list[tuple]:
