@@ -48,12 +48,13 @@ class SmaCross(Agent):
         if not 0 < fast < slow:
             raise ValueError(f"agent.fast={fast}, agent.slow={slow}: need 0 < fast < slow")
         self.actions, self.fast, self.slow = actions, fast, slow
+        self._hold, self._flat = actions.longest(1).numpy(), actions.flat(1).numpy()  # one bar's actions
 
     def signals(self, df: pd.DataFrame) -> torch.Tensor:
         close = df["$close"].to_numpy(np.float64)
-        long = torch.from_numpy(talib.SMA(close, self.fast) > talib.SMA(close, self.slow))
-        hold, flat = self.actions.longest(1), self.actions.flat(1)  # broadcast over the bars
-        return torch.where(long.reshape((len(df),) + (1,) * (hold.dim() - 1)), hold, flat)
+        long = talib.SMA(close, self.fast) > talib.SMA(close, self.slow)
+        bars = long.reshape((len(df),) + (1,) * (self._hold.ndim - 1))  # broadcast over the bars
+        return torch.from_numpy(np.where(bars, self._hold, self._flat))
 
     def act(self, market: torch.Tensor, account: torch.Tensor) -> torch.Tensor:
         raise TypeError("sma_cross trades on prices, not observations: use signals(df)")

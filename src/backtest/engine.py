@@ -7,11 +7,11 @@ import pandas as pd
 import torch
 
 from src.agents.base import Agent
-from src.backtest.metrics import compute_metrics, curve_metrics
+from src.backtest.metrics import compute_metrics, curves_stats, stats_metrics
 from src.data.timeframes import periods_per_year
 from src.envs import kernels
 from src.envs.actions import ActionSpace
-from src.envs.market import VectorMarket
+from src.envs.market import VectorMarket, Walk
 from src.envs.torchrl_env import feature_columns, market_rules
 from src.registry import register
 
@@ -37,20 +37,6 @@ class BacktestResult:
     financing: pd.Series
     trades: pd.DataFrame
     metrics: dict[str, float]
-
-
-@dataclass
-class Walk:
-    """N envs' paths from one walk: ``equity`` (quote currency per unit of initial cash),
-    ``positions`` (fractions of equity) and ``financing`` (S+1, N) from the first decision bar's
-    close, ``fills`` (S, N, 9) each step's executions (``kernels`` columns), ``ends`` (N,) each
-    env's last step."""
-
-    equity: np.ndarray
-    positions: np.ndarray
-    financing: np.ndarray
-    fills: np.ndarray
-    ends: np.ndarray
 
 
 class Backtester:
@@ -79,9 +65,9 @@ class Backtester:
         market, walk = self._walk_targets(targets, df)
         window = self.env_cfg.window_size
         fills: list[list[tuple]] = [[] for _ in range(market.num_envs)]
-        traded = (walk.fills[:, :, kernels.ENTRY_UNITS] != 0.0) | (walk.fills[:, :, kernels.EXIT_UNITS] != 0.0)
-        for i, k in np.argwhere(traded.T).tolist():  # env by env, in time order
-            fills[i] += fill_rows(walk.fills[k, i], df.index[k + window])
+        for i in range(market.num_envs):
+            for e, k in enumerate(walk.fill_steps[i, : walk.n_fills[i]].tolist()):
+                fills[i] += fill_rows(walk.fills[i, e], df.index[k + window])
         return self._finish(df, market, walk.equity, walk.positions, walk.financing, fills, walk.ends, close_at_end)
 
     def target_metrics(self, targets: np.ndarray, df: pd.DataFrame) -> list[dict[str, float]]:
@@ -91,36 +77,32 @@ class Backtester:
         market, walk = self._walk_targets(targets, df)
         _close_at_end(market, walk.equity, walk.ends)
         scale, window, n = self.cfg.initial_cash, self.env_cfg.window_size, market.num_envs
-        traded, fees, n_trades = kernels.fill_totals(walk.fills, market.fills, scale)
-        out, periods_by_end = [], {}
+        traded, fees, n_trades = kernels.fill_totals(walk.fills, walk.n_fills, market.fills, scale)
+        n_returns = walk.ends  # each curve has ends[i] + 1 values
         given_periods, risk_free_rate = self.cfg.periods_per_year, self.cfg.risk_free_rate
-        for i in range(n):
-            end = walk.ends[i] + 1
-            if end not in periods_by_end:
-                periods_by_end[end] = given_periods or periods_per_year(df.index[window - 1 : window - 1 + end])
-            periods = periods_by_end[end]
-            out.append(
-                curve_metrics(
-                    walk.equity[:end, i] * scale,
-                    walk.positions[:end, i],
-                    periods,
-                    risk_free_rate,
-                    float(traded[i]),
-                    float(fees[i]),
-                    int(n_trades[i]),
-                    float(walk.financing[:end, i].sum() * scale),
-                )
+        periods_by_end: dict[int, float] = {}
+        for end in np.unique(n_returns + 1).tolist():
+            periods_by_end[end] = given_periods or periods_per_year(df.index[window - 1 : window - 1 + end])
+        periods = np.array([periods_by_end[end] for end in (n_returns + 1).tolist()])
+        stats = curves_stats(walk.equity, walk.positions, walk.ends, scale, risk_free_rate / periods)
+        return [
+            stats_metrics(
+                stats[i],
+                int(n_returns[i]),
+                periods[i],
+                traded[i],
+                fees[i],
+                int(n_trades[i]),
+                float(walk.financing[i, : n_returns[i] + 1].sum() * scale),
             )
-        return out
+            for i in range(n)
+        ]
 
     def _walk_targets(self, targets: np.ndarray, df: pd.DataFrame) -> tuple[VectorMarket, Walk]:
         """Every target path walked through ``df`` in one kernel call (see ``run_targets``)."""
         window = self.env_cfg.window_size
         market = self._market(df, targets.shape[1], observe=False)
-        equity, positions, fills, ends = market.walk(targets[window - 1 : len(df) - 1])
-        financing = np.zeros_like(equity)
-        financing[1:] = fills[:, :, kernels.FINANCING]
-        return market, Walk(equity, positions, financing, fills, ends)
+        return market, market.walk(targets[window - 1 : len(df) - 1])
 
     def _market(self, df: pd.DataFrame, n: int, observe: bool) -> VectorMarket:
         """``n`` envs over ``df`` under the backtest's rules, at bar ``window_size - 1``; without
@@ -137,14 +119,14 @@ class Backtester:
         window = self.env_cfg.window_size
         market = self._market(df, 1, observe=True)
         n_steps = len(df) - window
-        equity, positions, financing = (np.zeros((n_steps + 1, 1)) for _ in range(3))
-        equity[0] = market.equity
+        equity, positions, financing = (np.zeros((1, n_steps + 1)) for _ in range(3))  # env-major, as a walk
+        equity[:, 0] = market.equity
         ends = np.full(1, n_steps)
         fills: list[tuple] = []
         for k in range(1, n_steps + 1):
             market.step(np.asarray(decide(window - 2 + k, market), dtype=np.float64))
-            equity[k], positions[k] = market.equity, market.account[:, 0]
-            financing[k] = market.fills[:, kernels.FINANCING]
+            equity[:, k], positions[:, k] = market.equity, market.account[:, 0]
+            financing[:, k] = market.fills[:, kernels.FINANCING]
             fills += fill_rows(market.fills[0], df.index[k + window - 1])
             if market.terminated[0] or market.truncated[0]:
                 ends[0] = k
@@ -163,7 +145,7 @@ class Backtester:
                     fills[i] += fill_rows(market.fills[i], df.index[market.t[i]])
         return [
             self._result(
-                df, equity[: ends[i] + 1, i], positions[: ends[i] + 1, i], financing[: ends[i] + 1, i], fills[i]
+                df, equity[i, : ends[i] + 1], positions[i, : ends[i] + 1], financing[i, : ends[i] + 1], fills[i]
             )
             for i in range(market.num_envs)
         ]
@@ -183,9 +165,9 @@ class Backtester:
 
 def _close_at_end(market: VectorMarket, equity: np.ndarray, ends: np.ndarray) -> None:
     """Close every env's position at the close of its last bar (``market.fills`` then holds the
-    closing trades) and make that its last equity, ``equity[ends[i], i]``."""
+    closing trades) and make that its last equity, ``equity[i, ends[i]]`` (env-major paths)."""
     market.close_positions()
-    equity[ends, np.arange(market.num_envs)] = market.equity
+    equity[np.arange(market.num_envs), ends] = market.equity
 
 
 def fill_rows(row: np.ndarray, stamp: pd.Timestamp) -> list[tuple]:

@@ -41,7 +41,7 @@ import math
 
 import numpy as np
 import pandas as pd
-from numba import njit
+from numba import njit, prange
 from scipy import stats
 
 from src.data.timeframes import periods_per_year
@@ -175,6 +175,29 @@ def compute_metrics(
     )
 
 
+# what ``_curve_stats`` writes for one curve, in order
+CURVE_STATS = (
+    "mean_excess",
+    "std",
+    "downside",
+    "var",
+    "cvar",
+    "skewness",
+    "kurtosis",
+    "drawdown",
+    "drawdown_bars",
+    "round_trips",
+    "wins",
+    "gross_win",
+    "gross_loss",
+    "pnl_sum",
+    "exposure",
+    "first",
+    "last",
+    "mean",
+)
+
+
 def curve_metrics(
     values: np.ndarray,
     positions: np.ndarray,
@@ -187,15 +210,42 @@ def curve_metrics(
 ) -> dict[str, float]:
     """``compute_metrics`` from arrays: ``values`` the equity per bar, ``traded`` the notional of
     every fill, ``fees`` and ``financing`` the totals charged (all quote currency)."""
+    stats = np.empty(len(CURVE_STATS))
     values = np.ascontiguousarray(values, dtype=np.float64)
-    positions = np.ascontiguousarray(positions, dtype=np.float64)
-    (mean_excess, std, downside, var, cvar, skewness, kurtosis, drawdown, drawdown_length) = _return_stats(
-        values, risk_free_rate / periods
-    )
-    round_trips, wins, gross_win, gross_loss, pnl_sum, exposure = _trade_stats(values, positions)
-    n_returns = len(values) - 1
+    _curve_stats(values, np.ascontiguousarray(positions, dtype=np.float64), risk_free_rate / periods, stats)
+    return stats_metrics(stats, len(values) - 1, periods, traded, fees, n_trades, financing)
+
+
+@njit(cache=True, parallel=True)
+def curves_stats(equity: np.ndarray, positions: np.ndarray, ends: np.ndarray, scale: float, rf_per_period: np.ndarray):
+    """``_curve_stats`` of N curves at once, over numba's threads: curve i is
+    ``equity[i, : ends[i] + 1] * scale`` with ``positions[i, : ends[i] + 1]`` (env-major paths of
+    a walk) and risk-free rate ``rf_per_period[i]``; returns (N, len(CURVE_STATS))."""
+    out = np.empty((equity.shape[0], len(CURVE_STATS)))
+    for i in prange(equity.shape[0]):
+        end = ends[i] + 1
+        _curve_stats(equity[i, :end] * scale, positions[i, :end], rf_per_period[i], out[i])
+    return out
+
+
+@njit(cache=True)
+def _curve_stats(values: np.ndarray, positions: np.ndarray, rf_per_period: float, out: np.ndarray) -> None:
+    """Writes into ``out`` the CURVE_STATS of one curve: ``_return_stats``, ``_trade_stats``,
+    then the first, last and mean equity."""
+    (out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7], out[8]) = _return_stats(values, rf_per_period)
+    (out[9], out[10], out[11], out[12], out[13], out[14]) = _trade_stats(values, positions)
+    out[15], out[16], out[17] = values[0], values[-1], values.mean()
+
+
+def stats_metrics(
+    stats: np.ndarray, n_returns: int, periods: float, traded: float, fees: float, n_trades: int, financing: float
+) -> dict[str, float]:
+    """The metrics (module docstring) of a curve from its CURVE_STATS ``stats``, its number of
+    returns, its ``periods`` per year, and the totals ``traded``, ``fees`` and ``financing``."""
+    (mean_excess, std, downside, var, cvar, skewness, kurtosis, drawdown, drawdown_length) = stats[:9].tolist()
+    round_trips, wins, gross_win, gross_loss, pnl_sum, exposure, first, last, mean = stats[9:].tolist()
     n = max(n_returns, 1)
-    growth = values[-1] / values[0]
+    growth = last / first
     cagr = growth ** (periods / n) - 1.0 if growth > 0 else -1.0
     per_period = mean_excess / std if std > 0 else 0.0
     return {
@@ -210,17 +260,17 @@ def curve_metrics(
         "psr": probabilistic_sharpe(per_period, n_returns, skewness, kurtosis),
         "sortino": _ratio(mean_excess * math.sqrt(periods), downside) if n_returns else 0.0,
         "max_drawdown": drawdown,
-        "max_drawdown_bars": float(drawdown_length),
+        "max_drawdown_bars": drawdown_length,
         "calmar": _ratio(cagr, abs(drawdown)),
         "var_95": var,
         "cvar_95": cvar,
         "win_rate": wins / round_trips if round_trips else 0.0,
         "profit_factor": min(gross_win / max(gross_loss, 1e-12), RATIO_CAP) if round_trips else 0.0,
-        "avg_trade": pnl_sum / round_trips / values[0] if round_trips else 0.0,
+        "avg_trade": pnl_sum / round_trips / first if round_trips else 0.0,
         "exposure": exposure,
-        "turnover": traded / values.mean() * periods / n,
-        "fees": fees / values[0] if n_trades else 0.0,
-        "financing": financing / values[0],
+        "turnover": traded / mean * periods / n,
+        "fees": fees / first if n_trades else 0.0,
+        "financing": financing / first,
         "trades": float(n_trades),
     }
 

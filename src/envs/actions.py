@@ -18,6 +18,7 @@ class ActionSpace:
         self.low, self.high = (-max_leverage if allow_short else 0.0), max_leverage
         levels = [-1.0, 0.0, 1.0] if allow_short else [0.0, 1.0]
         self.levels = torch.tensor(levels, dtype=torch.float64) * max_leverage
+        self._level_targets = self.levels.numpy()  # the same values, indexed by numpy (faster per step)
 
     @property
     def discrete(self) -> bool:
@@ -31,7 +32,7 @@ class ActionSpace:
     def to_targets(self, action: torch.Tensor) -> np.ndarray:
         """(N,) float64 target fractions for the kernel."""
         if self.discrete:
-            return self.levels[action].numpy()
+            return self._level_targets.take(action.numpy())
         return action.reshape(-1).to(torch.float64).clamp(self.low, self.high).numpy()
 
     def longest(self, num_envs: int) -> torch.Tensor:

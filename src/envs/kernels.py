@@ -27,7 +27,10 @@ drawdown from the episode's equity peak.
 """
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 MIN_EQUITY = 1e-12  # equity is clamped here inside the log reward when an env is wiped out
 LOG_RETURN, DIFFERENTIAL_SHARPE, DRAWDOWN_PENALTY = 0, 1, 2
@@ -59,6 +62,7 @@ OPEN, HIGH, LOW, CLOSE, VOLUME, SIZE, SHORT_SIZE, STOP_UNIT, FEE_SCALE, SLIPPAGE
     REENTER,
 ) = range(20)
 N_RULES = 20
+PREFETCH_AHEAD = 8  # step_envs_parallel asks for the next bar of the env this many ahead
 REENTER_NEXT_BAR, REENTER_SIGNAL = 0, 1
 # columns of the per-env ``risk`` state (N, 8): distances are fractions of the entry price;
 # STOPPED is the side (+1 long, -1 short) a stop closed while ``reenter`` = signal keeps it out
@@ -67,6 +71,26 @@ N_RISK = 8
 # columns of ``fills`` (N, 9), this step's executions (PARTIAL: the order hit the volume cap)
 (ENTRY_PRICE, ENTRY_UNITS, ENTRY_FEE, EXIT_PRICE, EXIT_UNITS, EXIT_FEE, EXIT_REASON, FINANCING, PARTIAL) = range(9)
 NO_EXIT, STOP_EXIT, TAKE_EXIT, TRAIL_EXIT, END_EXIT = 0, 1, 2, 3, 4
+
+
+@intrinsic
+def _prefetch(typingctx, array, index):
+    """Ask the CPU to bring ``array[index]`` (1-D) into its caches (LLVM's prefetch: read, high
+    locality); a hint with no effect on results."""
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        data = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, data, [args[1]], wraparound=False)
+        byte_pointer = ir.IntType(8).as_pointer()
+        int32 = ir.IntType(32)
+        function_type = ir.FunctionType(ir.VoidType(), [byte_pointer, int32, int32, int32])
+        prefetch = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch.p0i8")
+        hint = [ir.Constant(int32, 0), ir.Constant(int32, 3), ir.Constant(int32, 1)]
+        builder.call(prefetch, [builder.bitcast(pointer, byte_pointer), *hint])
+        return context.get_dummy_value()
+
+    return types.void(array, index), codegen
 
 
 @njit(cache=True, error_model="numpy")
@@ -265,7 +289,7 @@ def _sized_target(i, target, bars, t, rules, risk):
 @njit(cache=True, error_model="numpy", inline="always")
 def _step_env(
     i,
-    targets,
+    target,
     bars,
     features,
     window,
@@ -289,7 +313,7 @@ def _step_env(
     truncated,
     fills,
 ):
-    """Advance env i one bar (see ``step_envs``)."""
+    """Advance env i one bar towards ``target`` (see ``step_envs``)."""
     last_bar = bars.shape[0] - 1
     now, nxt = t[i], t[i] + 1
     o, h, l, c = bars[nxt, OPEN], bars[nxt, HIGH], bars[nxt, LOW], bars[nxt, CLOSE]
@@ -298,7 +322,6 @@ def _step_env(
     for column in range(fills.shape[1]):
         fills[i, column] = 0.0
     entered = False  # a position opened (or flipped) at this bar's open
-    target = targets[i]
     if risk[i, PAUSE_LEFT] > 0:  # the drawdown breaker holds the account flat
         risk[i, PAUSE_LEFT] -= 1
         target = 0.0
@@ -409,7 +432,7 @@ def step_envs(
     for i in range(targets.shape[0]):
         _step_env(
             i,
-            targets,
+            targets[i],
             bars,
             features,
             window,
@@ -463,10 +486,17 @@ def step_envs_parallel(
 ):
     """``step_envs`` with the envs spread over numba's threads (``numba.set_num_threads``). Envs
     share no state, so the result is bit-identical for any thread count."""
-    for i in prange(targets.shape[0]):
+    n = targets.shape[0]
+    flat_bars = bars.reshape(-1)
+    for i in prange(n):
+        if i + PREFETCH_AHEAD < n:
+            first = t[i + PREFETCH_AHEAD] * bars.shape[1]  # its rows of bars t and t+1
+            for offset in range(0, 2 * bars.shape[1], 8):  # a 64-byte cache line holds 8 values
+                _prefetch(flat_bars, first + offset)
+            _prefetch(flat_bars, first + 2 * bars.shape[1] - 1)
         _step_env(
             i,
-            targets,
+            targets[i],
             bars,
             features,
             window,
@@ -519,22 +549,33 @@ def walk_targets(
     fills,
     equity_path,
     position_path,
+    financing_path,
     fill_path,
+    fill_steps,
+    n_fills,
     ends,
 ):
-    """Walk env i through ``targets[:, i]`` (S, N): step k = 1..S moves it towards
-    ``targets[k - 1, i]`` exactly as ``step_envs`` would (no auto-reset), and records its equity
-    ``equity_path[k, i]``, position fraction ``position_path[k, i]`` and executions
-    ``fill_path[k - 1, i]``. An env stops at its first terminated or truncated step, written to
-    ``ends[i]`` (its account stays as it ended): ``auto_reset`` must be False. Envs are spread
-    over numba's threads and share no state: the result is bit-identical to stepping bar by bar,
-    for any thread count."""
-    n_steps = targets.shape[0]
-    for i in prange(targets.shape[1]):
+    """Walk env i through ``targets[i]`` (N, S; every array here is env-major, so each env's
+    path is contiguous): step k = 1..S moves it towards ``targets[i, k - 1]`` exactly as
+    ``step_envs`` would (no auto-reset), and records its equity ``equity_path[i, k]``, position
+    fraction ``position_path[i, k]`` and financing charged ``financing_path[i, k]``. Steps with
+    an execution are recorded sparsely: the e-th of env i is step ``fill_steps[i, e]`` (0-based)
+    with its ``fills`` row ``fill_path[i, e]``, for e < ``n_fills[i]`` (later rows are not
+    written). An env stops at its first terminated or truncated step, written to ``ends[i]``
+    (its account stays as it ended): ``auto_reset`` must be False. Envs are spread over numba's
+    threads and share no state: the result is bit-identical to stepping bar by bar, for any
+    thread count."""
+    n_steps = targets.shape[1]
+    # each env's done flags on a cache line of its own while walking: threads walk neighbouring
+    # envs at the same time, and writing one shared bool array every step would make them fight
+    # over its lines (false sharing; it made 2 threads slower than 1)
+    own_flags = np.zeros((2, targets.shape[0], 64), np.bool_)
+    own_terminated, own_truncated = own_flags[0, :, 0], own_flags[1, :, 0]
+    for i in prange(targets.shape[0]):
         for k in range(1, n_steps + 1):
             _step_env(
                 i,
-                targets[k - 1],
+                targets[i, k - 1],
                 bars,
                 features,
                 window,
@@ -554,28 +595,33 @@ def walk_targets(
                 obs,
                 account,
                 reward,
-                terminated,
-                truncated,
+                own_terminated,
+                own_truncated,
                 fills,
             )
-            equity_path[k, i] = equity[i]
-            position_path[k, i] = account[i, 0]
-            fill_path[k - 1, i, :] = fills[i, :]
-            if terminated[i] or truncated[i]:
+            equity_path[i, k] = equity[i]
+            position_path[i, k] = account[i, 0]
+            financing_path[i, k] = fills[i, FINANCING]
+            if fills[i, ENTRY_UNITS] != 0.0 or fills[i, EXIT_UNITS] != 0.0:
+                fill_path[i, n_fills[i], :] = fills[i, :]
+                fill_steps[i, n_fills[i]] = k - 1
+                n_fills[i] += 1
+            if own_terminated[i] or own_truncated[i]:
                 ends[i] = k
-                fill_path[k:, i, :] = 0.0  # no executions after the end
                 break
+        terminated[i], truncated[i] = own_terminated[i], own_truncated[i]
 
 
 @njit(cache=True, error_model="numpy")
-def fill_totals(fill_path, closing, scale):
-    """Per env of ``fill_path`` (S, N, 9) plus its ``closing`` fills (N, 9), units x ``scale``:
-    (traded notional, fees, number of fills)."""
-    n = fill_path.shape[1]
+def fill_totals(fill_path, n_fills, closing, scale):
+    """Per env of a walk's executions (``fill_path`` (N, S, 9), the first ``n_fills[i]`` rows
+    of env i) plus its ``closing`` fills (N, 9), units x ``scale``: (traded notional, fees,
+    number of fills)."""
+    n = fill_path.shape[0]
     traded, fees, count = np.zeros(n), np.zeros(n), np.zeros(n, np.int64)
     for i in range(n):
-        for k in range(fill_path.shape[0] + 1):
-            row = fill_path[k, i] if k < fill_path.shape[0] else closing[i]
+        for e in range(n_fills[i] + 1):
+            row = fill_path[i, e] if e < n_fills[i] else closing[i]
             for units, price, fee in ((ENTRY_UNITS, ENTRY_PRICE, ENTRY_FEE), (EXIT_UNITS, EXIT_PRICE, EXIT_FEE)):
                 if row[units] != 0.0:
                     traded[i] += abs(row[units] * scale) * row[price]

@@ -111,6 +111,23 @@ def market_bars(df: pd.DataFrame) -> np.ndarray:
     return np.ascontiguousarray(np.stack(columns, axis=1))
 
 
+@dataclass
+class Walk:
+    """N envs' paths from one ``VectorMarket.walk`` of S steps, env-major (each env's path
+    contiguous): ``equity`` (per unit of initial cash), ``positions`` (fractions of equity) and
+    ``financing`` charged (N, S+1), column 0 the state before the walk; the executions ``fills``
+    (N, S, 9; ``kernels`` columns), the e-th of env i at step ``fill_steps[i, e]`` (0-based) for
+    e < ``n_fills[i]``; ``ends`` (N,) each env's last step."""
+
+    equity: np.ndarray
+    positions: np.ndarray
+    financing: np.ndarray
+    fills: np.ndarray
+    fill_steps: np.ndarray
+    n_fills: np.ndarray
+    ends: np.ndarray
+
+
 class VectorMarket:
     """N envs over ``df`` (OHLCV + the ``feature_columns`` the agent observes).
 
@@ -158,10 +175,20 @@ class VectorMarket:
         self.rng_state = np.zeros(n, np.uint64)
         self.seed(seed)
 
-    def use_obs_buffer(self, obs: np.ndarray) -> None:
-        """Write observations into ``obs`` (N, window, F) float32 from now on, instead of the
-        current buffer (a TorchRL env hands each step's buffer out instead of copying it)."""
-        self.obs, self._flat_obs = obs, obs.reshape(self.num_envs, -1)
+    def use_output_buffers(self, **buffers: np.ndarray) -> None:
+        """Write the outputs named in ``buffers`` into these arrays from now on instead of the
+        current ones (a TorchRL env hands each step's arrays out instead of copying them):
+        ``obs`` (N, window, F) and ``account`` (N, 2) float32, ``reward`` float32,
+        ``terminated`` and ``truncated`` bool (N entries in any shape)."""
+        for name, array in buffers.items():
+            if name == "obs":
+                self.obs, self._flat_obs = array, array.reshape(self.num_envs, -1)
+            elif name == "account":
+                self.account = array
+            elif name in ("reward", "terminated", "truncated"):
+                setattr(self, name, array.reshape(self.num_envs))
+            else:
+                raise ValueError(f"{name!r} is not an output of VectorMarket")
 
     @property
     def n_bars(self) -> int:
@@ -260,20 +287,23 @@ class VectorMarket:
         for name in self.STATE:
             getattr(self, name)[...] = state[name]
 
-    def walk(self, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def walk(self, targets: np.ndarray) -> "Walk":
         """Step every env through its own target path ``targets`` (S, N) float64 in one kernel
-        call (``kernels.walk_targets``); returns (equity (S+1, N), position fraction (S+1, N),
-        fills (S, N, 9), the last step of each env (N,)). Row 0 holds the state before the walk
-        (position 0)."""
-        n_steps = targets.shape[0]
-        equity_path = np.zeros((n_steps + 1, self.num_envs))
-        equity_path[0] = self.equity
-        position_path = np.zeros((n_steps + 1, self.num_envs))
-        fill_path = np.empty((n_steps, self.num_envs, self.fills.shape[1]))  # the kernel writes every row
-        ends = np.full(self.num_envs, n_steps)
-        walked = np.ascontiguousarray(targets, dtype=np.float64)
-        kernels.walk_targets(*(walked, *self._kernel_args(False), equity_path, position_path, fill_path, ends))
-        return equity_path, position_path, fill_path, ends
+        call (``kernels.walk_targets``); returns the paths (see ``Walk``)."""
+        n, n_steps = self.num_envs, targets.shape[0]
+        walk = Walk(
+            equity=np.zeros((n, n_steps + 1)),
+            positions=np.zeros((n, n_steps + 1)),
+            financing=np.zeros((n, n_steps + 1)),
+            fills=np.empty((n, n_steps, self.fills.shape[1])),  # rows written only at executions
+            fill_steps=np.empty((n, n_steps), np.int64),
+            n_fills=np.zeros(n, np.int64),
+            ends=np.full(n, n_steps),
+        )
+        walk.equity[:, 0] = self.equity
+        paths = (walk.equity, walk.positions, walk.financing, walk.fills, walk.fill_steps, walk.n_fills, walk.ends)
+        kernels.walk_targets(np.ascontiguousarray(targets.T, dtype=np.float64), *self._kernel_args(False), *paths)
+        return walk
 
     def close_positions(self) -> None:
         """Close every open position at its current bar's close, charged like any exit (the end

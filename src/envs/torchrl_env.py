@@ -2,11 +2,12 @@
 
 Observation keys: ``market`` (N, window_size, n_features) float32 and ``account`` (N, 2) float32
 (position as a fraction of equity, log equity). ``action``: see ``src/envs/actions.py``. The kernel
-writes each step's observations straight into a new tensor that is handed to TorchRL (no copy;
-the kernel never writes into it again), in page-locked (pinned) host memory when ``pin_memory``
-is set (a GPU learner), so the collector's move to the GPU is one asynchronous DMA copy. The
-small outputs (account, reward, done flags) are copied from the kernel's buffers.
-Finished envs are reset by TorchRL's partial ``_reset`` mask, which the numba reset kernel applies.
+writes each step's outputs (observations, account, reward, done flags) straight into new
+tensors that are handed to TorchRL (no copy; the kernel never writes into them again), in
+page-locked (pinned) host memory when ``pin_memory`` is set (a GPU learner), so the collector's
+move to the GPU is one asynchronous DMA copy. Finished envs are reset by TorchRL's partial
+``_reset`` mask, which the numba reset kernel applies. ``step_and_maybe_reset``, the collector's
+per-step call, is a lean version of TorchRL's that returns the same tensordicts.
 """
 
 import functools
@@ -14,7 +15,7 @@ from collections.abc import Callable
 
 import pandas as pd
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDict, TensorDictBase, is_tensor_collection
 from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
@@ -25,7 +26,17 @@ from src.envs.allocator import keep_freed_memory
 from src.envs.market import MarketRules, VectorMarket
 from src.registry import register
 
-keep_freed_memory()  # every step hands out a fresh observation tensor (see src/envs/allocator.py)
+NOT_CARRIED = ("next", "done", "terminated", "truncated")  # root keys a step does not carry over
+# a step's outputs: TorchRL key -> the VectorMarket array the kernel writes it into
+STEP_OUTPUTS = {
+    "market": "obs",
+    "account": "account",
+    "reward": "reward",
+    "terminated": "terminated",
+    "truncated": "truncated",
+}
+RESET_OUTPUTS = ("market", "account")  # what a reset writes (the done flags it returns are zeros)
+keep_freed_memory()  # every step hands out fresh output tensors (see src/envs/allocator.py)
 
 
 def feature_columns(df: pd.DataFrame) -> list[str]:
@@ -44,10 +55,13 @@ class TradingEnv(EnvBase):
         self._resume_state: dict | None = None
         self.pin_memory = False  # set by a CUDA learner (needs CUDA)
         n, w, f = market.obs.shape
-        self._account = torch.from_numpy(market.account)
-        self._reward = torch.from_numpy(market.reward)
-        self._terminated = torch.from_numpy(market.terminated)
-        self._truncated = torch.from_numpy(market.truncated)
+        self._layout = {  # output name -> (shape, dtype) of the tensors handed to TorchRL
+            "market": ((n, w, f), torch.float32),
+            "account": ((n, 2), torch.float32),
+            "reward": ((n, 1), torch.float32),
+            "terminated": ((n, 1), torch.bool),
+            "truncated": ((n, 1), torch.bool),
+        }
         self.observation_spec = Composite(
             market=Unbounded((n, w, f), dtype=torch.float32),
             account=Unbounded((n, 2), dtype=torch.float32),
@@ -62,21 +76,19 @@ class TradingEnv(EnvBase):
             shape=(n,),
         )
 
-    def _copy(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The copy of a kernel buffer handed to TorchRL (the kernel overwrites its buffers)."""
-        return tensor.pin_memory() if self.pin_memory else tensor.clone()
-
-    def _fresh_obs(self, copy_current: bool) -> torch.Tensor:
-        """A new observation tensor that the kernel writes into from now on (starting as a copy
-        of the current observations when some envs will not be rewritten)."""
-        obs = torch.empty(self.market.obs.shape, dtype=torch.float32, pin_memory=self.pin_memory)
-        if copy_current:
-            obs.copy_(torch.from_numpy(self.market.obs))
-        self.market.use_obs_buffer(obs.numpy())
-        return obs
-
-    def _observation(self, obs: torch.Tensor) -> dict:
-        return {"market": obs, "account": self._copy(self._account)}
+    def _fresh_outputs(self, keys, copy_current: bool) -> dict[str, torch.Tensor]:
+        """New tensors for the outputs ``keys`` that the kernel writes into from now on and that
+        are handed to TorchRL as they are (the kernel never writes into them again), pinned for
+        a GPU learner; with ``copy_current`` they start as copies of the current outputs (a
+        partial reset rewrites some envs only)."""
+        fresh = {}
+        for key in keys:
+            shape, dtype = self._layout[key]
+            fresh[key] = torch.empty(shape, dtype=dtype, pin_memory=self.pin_memory)
+            if copy_current:
+                fresh[key].copy_(torch.from_numpy(getattr(self.market, STEP_OUTPUTS[key])).view(shape))
+        self.market.use_output_buffers(**{STEP_OUTPUTS[key]: tensor.numpy() for key, tensor in fresh.items()})
+        return fresh
 
     def resume_from(self, state: dict) -> None:
         """The next full reset continues from ``state`` (``market.state()`` of a checkpoint)
@@ -88,35 +100,46 @@ class TradingEnv(EnvBase):
         mask = None
         if tensordict is not None and "_reset" in tensordict.keys():
             mask = tensordict["_reset"].reshape(-1).numpy()
-        obs = self._fresh_obs(copy_current=mask is not None and not mask.all())
+        outputs = self._fresh_outputs(RESET_OUTPUTS, copy_current=mask is not None and not mask.all())
         if mask is None and self._resume_state is not None:
             self.market.load_state(self._resume_state)
             self._resume_state = None
         else:
             self.market.reset(mask)
         done = torch.zeros(self.batch_size + (1,), dtype=torch.bool)
-        return TensorDict(
-            {**self._observation(obs), "done": done, "terminated": done.clone(), "truncated": done.clone()},
-            batch_size=self.batch_size,
-            device=self.device,  # already on the env's device: TorchRL does not convert it again
-        )
+        return self._outputs({**outputs, "done": done, "terminated": done.clone(), "truncated": done.clone()})
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        obs = self._fresh_obs(copy_current=False)  # the kernel writes every env's window
+        outputs = self._fresh_outputs(STEP_OUTPUTS, copy_current=False)  # the kernel writes every env's
         self.market.step(self.actions.to_targets(tensordict["action"]))
-        terminated = self._copy(self._terminated.unsqueeze(-1))
-        truncated = self._copy(self._truncated.unsqueeze(-1))
-        return TensorDict(
-            {
-                **self._observation(obs),
-                "reward": self._copy(self._reward.unsqueeze(-1)),
-                "done": terminated | truncated,
-                "terminated": terminated,
-                "truncated": truncated,
-            },
-            batch_size=self.batch_size,
-            device=self.device,  # already on the env's device: TorchRL does not convert it again
-        )
+        return self._outputs({**outputs, "done": outputs["terminated"] | outputs["truncated"]})
+
+    def _outputs(self, tensors: dict[str, torch.Tensor]) -> TensorDictBase:
+        """``tensors`` as one TensorDict on the env's device, without TensorDict's per-entry
+        validation: they are built here with the specs' shapes, dtypes and device, as
+        ``test_torchrl_env.py`` checks with TorchRL's ``check_env_specs``."""
+        return TensorDict._new_unsafe(tensors, batch_size=self.batch_size, device=self.device)
+
+    def step_and_maybe_reset(self, tensordict: TensorDictBase) -> tuple[TensorDictBase, TensorDictBase]:
+        """What a collector calls every step: TorchRL's ``step``, ``step_mdp`` and partial reset,
+        without ``EnvBase.step``'s generic pass over the outputs (``_step`` writes every done key
+        and the reward in the specs' shapes). Returns what ``EnvBase.step_and_maybe_reset``
+        returns (tested key by key). Partial steps (``_step``), preset ``next`` entries and
+        ``run_type_checks`` take TorchRL's own path."""
+        keys = tensordict.keys()
+        if self.run_type_checks or "_step" in keys or "next" in keys or tensordict.device != self.device:
+            return super().step_and_maybe_reset(tensordict)
+        outputs = self._step(tensordict)
+        # TorchRL's step_mdp: the root's entries but "next" and the done keys, then the outputs
+        # but the reward (nested tensordicts are shallow copies)
+        carried = {
+            key: value.copy() if is_tensor_collection(value) else value
+            for key, value in tensordict.items()
+            if key not in NOT_CARRIED
+        }
+        carried.update((key, value) for key, value in outputs.items() if key != "reward")
+        tensordict._set_str("next", outputs, validated=True, inplace=False, non_blocking=False)
+        return tensordict, self.maybe_reset(self._outputs(carried))
 
     def _set_seed(self, seed: int | None) -> None:
         self.market.seed(0 if seed is None else seed)
