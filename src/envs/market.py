@@ -302,7 +302,8 @@ class VectorMarket:
         )
         walk.equity[:, 0] = self.equity
         paths = (walk.equity, walk.positions, walk.financing, walk.fills, walk.fill_steps, walk.n_fills, walk.ends)
-        kernels.walk_targets(np.ascontiguousarray(targets.T, dtype=np.float64), *self._kernel_args(False), *paths)
+        walked = np.ascontiguousarray(targets.T, dtype=np.float64)  # env-major
+        kernels.walk_targets(*(walked, *self._kernel_args(False), *paths))
         return walk
 
     def close_positions(self) -> None:
