@@ -82,6 +82,7 @@ RANGES: dict[str, Range] = {
     "resources.ray.max_workers": COUNT,
     "resources.ray.scale_threshold": POSITIVE,
     "resources.ray.scale_every": COUNT,
+    "resources.ray.reprobe_every": NON_NEGATIVE_COUNT,
     "resources.ray.worker_memory_gb": POSITIVE,
     "agent.checkpoint_every": COUNT,
     "grid.top": COUNT,

@@ -169,6 +169,21 @@ def test_the_worker_scaler_removes_workers_when_throughput_falls():
     assert "fell" in decisions[-1][1] and "removing" in decisions[-1][1]
 
 
+def test_the_worker_scaler_probes_upwards_again_after_holding():
+    """A count held for reprobe_every iterations tries the next count up again: after a
+    competing trial made it remove workers, and after a failed rise set a ceiling."""
+    crowded = WorkerScaler(2, [2, 4], threshold=0.1, every=2, reprobe_every=6)
+    freed = CROWDED + [1500] * 6 + [3500, 3500]  # back at 2 workers; the competitor then leaves
+    decisions = [crowded.observe(rate) for rate in freed]
+    assert [d[0] if d else None for d in decisions] == [None, 4] + [None] * 5 + [2] + [None] * 5 + [4, None, None]
+    assert "held 2 workers for 6 iterations (1,500 frames/s); probing 4 again" in decisions[13][1]
+
+    capped = WorkerScaler(2, [2, 4, 8], threshold=0.1, every=2, reprobe_every=4)
+    decisions = [capped.observe(rate) for rate in RISING + [1990, 2000, 2000, 1990]]
+    assert [d[0] if d else None for d in decisions] == [None, 4, None, 8, None, 4, None, None, None, 8, None, 4]
+    assert "probing 8 again" in decisions[9][1] and "back to 4" in decisions[11][1] and capped.ceiling == 8
+
+
 def test_worker_counts_split_the_envs_evenly():
     assert worker_counts(32, 2, 8) == [2, 4, 8]
     assert worker_counts(24, 2, 8) == [2, 3, 4, 6, 8]

@@ -147,17 +147,21 @@ class WorkerScaler:
     Every ``every`` iterations the mean frames/s at the current count is compared: after adding
     workers, a rise above ``threshold`` (relative) adds more, anything less goes back and marks
     the count tried as the ceiling; at an unchanged count, a fall beyond ``threshold`` from the
-    count's own earlier mean (trials competing for the machine) removes workers. ``allowed``:
-    the counts that split the envs evenly, ascending."""
+    count's own earlier mean (trials competing for the machine) removes workers. A count held
+    for ``reprobe_every`` iterations (0 = never) below the largest allowed one is probed upwards
+    again, the ceiling forgotten: the machine may have freed up since. ``allowed``: the counts
+    that split the envs evenly, ascending."""
 
     workers: int
     allowed: list[int]
     threshold: float
     every: int
+    reprobe_every: int = 0
     samples: list[float] = field(default_factory=list)
     measured: dict[int, float] = field(default_factory=dict)
     ceiling: int | None = None
     last_change: tuple[int, float] | None = None  # (count before, its frames/s) after a change
+    held: int = 0  # iterations at the current count since the last change
 
     def observe(self, frames_per_second: float) -> tuple[int, str] | None:
         """Record one iteration's frames/s; returns (new worker count, reason) or None."""
@@ -167,6 +171,7 @@ class WorkerScaler:
         rate, self.samples = sum(self.samples) / len(self.samples), []
         count, earlier = self.workers, self.measured.get(self.workers)
         self.measured[count] = rate
+        self.held += self.every
         change, self.last_change = self.last_change, None
         up, down = self._neighbour(+1), self._neighbour(-1)
         if change is not None:
@@ -194,6 +199,12 @@ class WorkerScaler:
             )
         if earlier is None and up:
             return self._move(up, f"{count} workers give {rate:,.0f} frames/s; trying {up}")
+        if self.reprobe_every and self.held >= self.reprobe_every and count < self.allowed[-1]:
+            self.ceiling = None
+            again = self.allowed[self.allowed.index(count) + 1]
+            return self._move(
+                again, f"held {count} workers for {self.held} iterations ({rate:,.0f} frames/s); probing {again} again"
+            )
         return None
 
     def _neighbour(self, direction: int) -> int | None:
@@ -207,5 +218,5 @@ class WorkerScaler:
 
     def _move(self, workers: int, reason: str) -> tuple[int, str]:
         self.last_change = (self.workers, self.measured[self.workers])
-        self.workers = workers
+        self.workers, self.held = workers, 0
         return workers, reason

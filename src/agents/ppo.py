@@ -196,7 +196,7 @@ class PPOAgent(Agent):
         if settings.autoscale:
             allowed = worker_counts(train_env.batch_size[0], settings.min_workers, settings.max_workers)
             collection.scaler = WorkerScaler(
-                collection.workers, allowed, settings.scale_threshold, settings.scale_every
+                collection.workers, allowed, settings.scale_threshold, settings.scale_every, settings.reprobe_every
             )
         return collection
 
