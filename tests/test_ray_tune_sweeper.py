@@ -265,12 +265,15 @@ def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
 
 
 def test_a_trial_reserves_its_ray_collection_workers_in_its_placement_group():
-    """A trial with resources=ray reserves its learner's threads plus one CPU per collection
-    worker it may use (max_workers with autoscale, else num_workers); others reserve threads."""
+    """A trial with resources=ray reserves its learner's threads plus a bundle per collection
+    worker it may use (max_workers with autoscale, else num_workers), the CPU and memory each
+    worker asks Ray for (a bundle without the memory could not hold a worker); others reserve
+    threads."""
     from hydra_plugins.ray_tune_sweeper.ray_tune_sweeper import _trial_resources
 
+    worker = {"CPU": 1, "memory": 1024**3}  # resources.ray.worker_memory_gb: 1
     scaled = _trial_resources(compose_config(["resources=ray"]), 2)
-    assert scaled.bundles == [{"CPU": 2}] + [{"CPU": 1}] * 8
+    assert scaled.bundles == [{"CPU": 2}] + [worker] * 8
     fixed = _trial_resources(compose_config(["resources=ray", "resources.ray.autoscale=false"]), 2)
-    assert fixed.bundles == [{"CPU": 2}, {"CPU": 1}, {"CPU": 1}]
+    assert fixed.bundles == [{"CPU": 2}, worker, worker]
     assert _trial_resources(compose_config(), 2) == {"cpu": 2}

@@ -46,6 +46,12 @@ def worker_counts(num_envs: int, low: int, high: int) -> list[int]:
     return counts
 
 
+def worker_bundle(settings) -> dict[str, int]:
+    """The Ray resources one collection worker asks for (``resources.ray`` ``settings``): one CPU
+    and ``worker_memory_gb`` of memory, also the shape of its bundle in a trial's placement group."""
+    return {"CPU": 1, "memory": int(settings.worker_memory_gb * 1024**3)}
+
+
 class RayCollection:
     """Batches from ``workers`` Ray actors, each a TorchRL ``Collector`` over ``num_envs / workers``
     envs built by ``env_recipe(seed=..., num_envs=...)`` (a picklable factory). ``restart(w)``
@@ -79,7 +85,7 @@ class RayCollection:
             else {"num_cpus": settings.max_workers + 1, "include_dashboard": False, "_node_ip_address": "127.0.0.1"}
         )
         init["log_to_driver"] = False  # workers' own logs stay in Ray's session folder
-        per_worker = self.num_envs // workers
+        per_worker, bundle = self.num_envs // workers, worker_bundle(settings)
         self.collector = RayCollector(
             [_EnvMaker(self.recipe, self.seed * 1000 + k, per_worker) for k in range(workers)],
             self.policy,
@@ -88,7 +94,7 @@ class RayCollection:
             sync=True,
             num_collectors=workers,
             ray_init_config=init,
-            remote_configs={"num_cpus": 1, "num_gpus": 0, "memory": int(settings.worker_memory_gb * 1024**3)},
+            remote_configs={"num_cpus": bundle["CPU"], "num_gpus": 0, "memory": bundle["memory"]},
             collector_kwargs={
                 "env_device": "cpu",
                 "policy_device": "cpu",

@@ -61,17 +61,20 @@ SHARPE_INPUTS = ("sharpe_per_period", "n_returns", "skewness", "kurtosis", "psr"
 
 
 def _trial_resources(config: DictConfig, threads: int) -> Any:
-    """What one trial reserves: ``threads`` CPUs, plus with ``resources=ray`` one CPU per
-    collection worker it may use (``max_workers`` with autoscale, else ``num_workers``): its
-    placement group holds them, so the trial's workers and their scaler stay inside it."""
+    """What one trial reserves: ``threads`` CPUs, plus with ``resources=ray`` one bundle per
+    collection worker it may use (``max_workers`` with autoscale, else ``num_workers``), each
+    what a worker asks for (a CPU and its memory): its placement group holds them, so the trial's
+    workers and their scaler stay inside it."""
     from ray import tune  # heavy: imported when a sweep runs, not at plugin discovery
+
+    from src.agents.collection import worker_bundle
 
     if OmegaConf.select(config, "resources.name") != "ray":
         return {"cpu": threads}
     ray_settings = OmegaConf.select(config, "resources.ray")
     workers = ray_settings.max_workers if ray_settings.autoscale else ray_settings.num_workers
     bundles: list[dict[str, int | float]] = [{"CPU": threads}]
-    bundles += [{"CPU": 1} for _ in range(int(workers))]
+    bundles += [worker_bundle(ray_settings) for _ in range(int(workers))]
     return tune.PlacementGroupFactory(bundles)
 
 
