@@ -206,7 +206,7 @@ def run(cfg: DictConfig, output_dir: Path, market: "Market | None" = None) -> di
                 agent.load(Path(cfg.agent.warm_start), contract, check=False)
             if training is not None:
                 training.meta["mlflow_run_id"] = active.info.run_id
-            agent.fit(train_env, _log_metrics, evaluate, compute=compute, checkpoints=None if multi else training)
+            agent.fit(train_env, _log_metrics, evaluate, compute=compute, checkpoints=training)
             if getattr(agent, "scaling_log", None):
                 mlflow.log_text("\n".join(agent.scaling_log), "ray_scaling.txt")
         if cfg.mode == "paper":

@@ -46,7 +46,7 @@ def worker_counts(num_envs: int, low: int, high: int) -> list[int]:
     return counts
 
 
-def worker_bundle(settings) -> dict[str, int]:
+def worker_bundle(settings) -> dict[str, int | float]:
     """The Ray resources one collection worker asks for (``resources.ray`` ``settings``): one CPU
     and ``worker_memory_gb`` of memory, also the shape of its bundle in a trial's placement group."""
     return {"CPU": 1, "memory": int(settings.worker_memory_gb * 1024**3)}

@@ -9,6 +9,7 @@ single-agent PPO: the validation backtest's mean learner Sharpe picks the best p
 """
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from tensordict import TensorDict
@@ -26,13 +27,13 @@ from src.agents.monitor import Monitor
 from src.agents.ppo import (
     _BestPolicy,
     _check_batch_sizes,
-    _cpu,
     _progress,
     clip_loss,
     loss_metrics,
     minibatch_steps,
     optimiser,
 )
+from src.agents.resume import TrainingCheckpoints, TrainingProgress, cpu_copy, restore_training, training_state
 from src.registry import register
 from src.resources import Compute
 
@@ -107,10 +108,18 @@ class MultiAgentPPO(Agent):
         )
 
     def fit(
-        self, train_env, log: MetricLogger, evaluate=None, compute: Compute | None = None, checkpoints=None
+        self,
+        train_env,
+        log: MetricLogger,
+        evaluate=None,
+        compute: Compute | None = None,
+        checkpoints: TrainingCheckpoints | None = None,
     ) -> None:
         """Train the learners; ``evaluate(agent)`` returns validation metrics with ``sharpe``
-        (the learners' mean). Training checkpoints are single-agent PPO only: none here."""
+        (the learners' mean). ``checkpoints`` and ``agent.resume`` as in single-agent PPO: the
+        training state (with the markets' and the fixed strategies' state) is written every
+        ``checkpoint_every`` iterations and on Ctrl-C/SIGTERM, and a resumed run reaches the
+        uninterrupted run's result bit for bit."""
         cfg = self.cfg
         compute = compute or Compute(torch.device("cpu"), torch.get_num_threads())
         _check_batch_sizes(cfg, train_env.batch_size[0])
@@ -118,7 +127,6 @@ class MultiAgentPPO(Agent):
         self.critic.to(compute.device)
         torch.manual_seed(self.seed)
         train_env.set_seed(self.seed)
-        collector = local_collector(train_env, self.actor, cfg.frames_per_batch, cfg.total_frames, compute)
         loss_fn = clip_loss(cfg, self.actor, self.critic, normalize_advantage_exclude_dims=(-2,))  # per agent
         loss_fn.set_keys(**KEYS)
         loss_fn.make_value_estimator(ValueEstimators.GAE, gamma=cfg.gamma, lmbda=cfg.gae_lambda)
@@ -128,13 +136,24 @@ class MultiAgentPPO(Agent):
             sampler=SamplerWithoutReplacement(),
             batch_size=cfg.minibatch_size,
         )
-        best, monitor, frames = _BestPolicy(cfg.patience), Monitor(compute.device), 0
+        best, monitor, progress = _BestPolicy(cfg.patience), Monitor(compute.device), TrainingProgress()
+        resumed = checkpoints.load() if checkpoints is not None and cfg.resume else None
+        if resumed is not None:
+            restore_training(resumed, self, optimizer, schedule, best, buffer, train_env, progress)
+        remaining = 0 if best.exhausted else cfg.total_frames - progress.frames
+        collector: Any = (  # None when a resumed run had already finished
+            local_collector(train_env, self.actor, cfg.frames_per_batch, remaining, compute) if remaining > 0 else None
+        )
+        if resumed is not None:
+            torch.set_rng_state(resumed["torch_rng"])
+        snapshot = None
         try:
             with _progress(cfg.progress) as bar:
-                task = bar.add_task(f"{cfg.name.upper()} training", total=cfg.total_frames)
+                task = bar.add_task(f"{cfg.name.upper()} training", total=cfg.total_frames, completed=progress.frames)
                 monitor.start()
-                for iteration, batch in enumerate(collector, start=1):
-                    frames += batch.numel()
+                for batch in collector or ():  # none left: a resumed run that had finished
+                    progress.iteration += 1
+                    progress.frames += batch.numel()
                     collected = monitor.lap()
                     for _ in range(cfg.num_epochs):
                         with torch.no_grad():
@@ -153,28 +172,39 @@ class MultiAgentPPO(Agent):
                         **loss_metrics(losses, schedule),
                         **monitor.iteration(batch.numel(), collected, monitor.lap()),
                     }
-                    if evaluate is not None and (iteration % cfg.eval_every == 0 or iteration == n_iterations):
+                    if evaluate is not None and (
+                        progress.iteration % cfg.eval_every == 0 or progress.iteration == n_iterations
+                    ):
                         validation = evaluate(self)
                         metrics.update({f"val/{k}": v for k, v in validation.items()})
-                        best.update(validation["sharpe"], self.actor, iteration)
-                    log(metrics, frames)
+                        best.update(validation["sharpe"], self.actor, progress.iteration)
+                    log(metrics, progress.frames)
                     bar.update(
                         task,
-                        completed=frames,
+                        completed=progress.frames,
                         description=(
                             f"{cfg.name.upper()}  reward/step {metrics['train/reward_per_step']:+.1e}  "
                             f"best val Sharpe {best.score:+.2f}"
                         ),
                     )
-                    monitor.lap()
+                    if checkpoints is not None:
+                        snapshot = training_state(self, optimizer, schedule, best, buffer, train_env, progress)
+                        if progress.iteration % cfg.checkpoint_every == 0:
+                            checkpoints.save(snapshot)
+                    monitor.lap()  # evaluation and checkpoints are not collection time
                     if best.exhausted:
                         break
+        except KeyboardInterrupt:
+            if checkpoints is None:
+                raise
+            raise checkpoints.interrupted(snapshot) from None
         finally:
-            collector.shutdown()
-        self.frames_trained = frames
+            if collector is not None:
+                collector.shutdown()
+        self.frames_trained = progress.frames
         if best.state is not None:
             self.actor.load_state_dict(best.state)
-            log({"val/best_sharpe": best.score, "val/best_iteration": best.iteration}, frames)
+            log({"val/best_sharpe": best.score, "val/best_iteration": best.iteration}, progress.frames)
 
     @torch.no_grad()
     def act(self, observation: torch.Tensor, account: torch.Tensor) -> torch.Tensor:
@@ -188,7 +218,11 @@ class MultiAgentPPO(Agent):
 
     def save(self, path, contract: dict):
         torch.save(
-            {"actor": _cpu(self.actor.state_dict()), "critic": _cpu(self.critic.state_dict()), "contract": contract},
+            {
+                "actor": cpu_copy(self.actor.state_dict()),
+                "critic": cpu_copy(self.critic.state_dict()),
+                "contract": contract,
+            },
             path,
         )
         return path

@@ -29,7 +29,7 @@ from src.agents.checkpoint import check_contract
 from src.agents.collection import RayCollection, WorkerScaler, local_collector, worker_counts
 from src.agents.models import build_network
 from src.agents.monitor import Monitor
-from src.agents.resume import TrainingCheckpoints, TrainingInterrupted, TrainingProgress
+from src.agents.resume import TrainingCheckpoints, TrainingProgress, cpu_copy, restore_training, training_state
 from src.envs.actions import ActionSpace
 from src.registry import register
 from src.resources import Compute
@@ -114,7 +114,7 @@ class PPOAgent(Agent):
         progress = TrainingProgress()
         resumed = store.load() if store is not None and cfg.resume else None
         if resumed is not None:
-            _restore(resumed, self, optimizer, schedule, best, buffer, train_env, progress)
+            restore_training(resumed, self, optimizer, schedule, best, buffer, train_env, progress)
         remaining = 0 if best.exhausted else cfg.total_frames - progress.frames
         # a TorchRL Collector or a RayCollection; None when a resumed run had already finished
         collection: Any = self._collection(train_env, remaining, compute) if remaining > 0 else None
@@ -162,7 +162,7 @@ class PPOAgent(Agent):
                         ),
                     )
                     if store is not None:
-                        snapshot = _snapshot(self, optimizer, schedule, best, buffer, train_env, progress)
+                        snapshot = training_state(self, optimizer, schedule, best, buffer, train_env, progress)
                         if progress.iteration % cfg.checkpoint_every == 0:
                             store.save(snapshot)
                     monitor.lap()  # evaluation and checkpoints are not collection time
@@ -171,9 +171,7 @@ class PPOAgent(Agent):
         except KeyboardInterrupt:
             if store is None:
                 raise
-            if snapshot is not None:
-                store.save(snapshot)
-            raise TrainingInterrupted(store.path if store.path.is_file() else None) from None
+            raise store.interrupted(snapshot) from None
         finally:
             if collection is not None:
                 collection.shutdown()
@@ -228,7 +226,11 @@ class PPOAgent(Agent):
 
     def save(self, path: Path, contract: dict) -> Path:
         torch.save(
-            {"actor": _cpu(self.actor.state_dict()), "critic": _cpu(self.critic.state_dict()), "contract": contract},
+            {
+                "actor": cpu_copy(self.actor.state_dict()),
+                "critic": cpu_copy(self.critic.state_dict()),
+                "contract": contract,
+            },
             path,
         )
         return path
@@ -288,51 +290,6 @@ def loss_metrics(losses, schedule) -> dict[str, float]:
         "train/entropy": losses["entropy"].item(),
         "train/lr": schedule.get_last_lr()[0],
     }
-
-
-def _cpu(state: dict) -> dict:
-    """A copy of a state dict with its tensors on the CPU (checkpoints load on any machine)."""
-    return {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v for k, v in state.items()}
-
-
-def _snapshot(
-    agent: PPOAgent, optimizer, schedule, best: "_BestPolicy", buffer, env, progress: TrainingProgress
-) -> dict:
-    """Everything training needs to continue exactly from the end of this iteration."""
-    return {
-        "iteration": progress.iteration,
-        "frames": progress.frames,
-        "actor": _cpu(agent.actor.state_dict()),
-        "critic": _cpu(agent.critic.state_dict()),
-        "optimizer": copy.deepcopy(optimizer.state_dict()),
-        "schedule": schedule.state_dict(),
-        "best": {"score": best.score, "iteration": best.iteration, "stale": best.stale, "state": best.state},
-        "sampler": copy.deepcopy(buffer.sampler.state_dict()),  # holds the next permutation
-        "env": env.market.state(),
-        "torch_rng": torch.get_rng_state(),
-    }
-
-
-def _restore(
-    state: dict, agent: PPOAgent, optimizer, schedule, best: "_BestPolicy", buffer, env, progress: TrainingProgress
-) -> None:
-    """Load a ``_snapshot`` into freshly built training parts (the env continues at the next
-    reset, which the collector makes when it is built)."""
-    progress.iteration, progress.frames = state["iteration"], state["frames"]
-    agent.actor.load_state_dict(state["actor"])
-    agent.critic.load_state_dict(state["critic"])
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    saved = state["best"]
-    best.score, best.iteration, best.stale, best.state = (
-        saved["score"],
-        saved["iteration"],
-        saved["stale"],
-        saved["state"],
-    )
-    buffer.sampler.load_state_dict(state["sampler"])
-    env.resume_from(state["env"])
-    print(f"resuming training at iteration {progress.iteration} ({progress.frames:,} frames)", file=sys.stderr)
 
 
 class _BestPolicy:

@@ -9,8 +9,10 @@ the env's whole state (including each env's RNG) and torch's RNG: resuming reach
 result, bit for bit, as an uninterrupted run with the same seed (local collection).
 """
 
+import copy
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,11 @@ NOT_TRAINING = (
     "seeds",
     "walk_forward",
 )
+
+
+def cpu_copy(state: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a state dict with its tensors on the CPU (checkpoints load on any machine)."""
+    return {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -88,6 +95,13 @@ class TrainingCheckpoints:
         torch.save({**state, **self.meta}, partial)
         os.replace(partial, self.path)
 
+    def interrupted(self, snapshot: dict[str, Any] | None) -> "TrainingInterrupted":
+        """What Ctrl-C or SIGTERM during training raises: the last finished iteration's
+        ``snapshot`` saved (if any), and the checkpoint to resume from named."""
+        if snapshot is not None:
+            self.save(snapshot)
+        return TrainingInterrupted(self.path if self.path.is_file() else None)
+
     def load(self) -> dict[str, Any] | None:
         """The last checkpoint, or None if this run has none yet."""
         if not self.path.is_file():
@@ -95,3 +109,58 @@ class TrainingCheckpoints:
         # the run's own checkpoint (its numpy env state needs full unpickling), never a download
         state: dict[str, Any] = torch.load(self.path, weights_only=False, map_location="cpu")  # nosec B614
         return state
+
+
+def training_state(
+    agent: Any,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    best: Any,
+    buffer: Any,
+    env: Any,
+    progress: TrainingProgress,
+) -> dict[str, Any]:
+    """Everything training needs to continue exactly from the end of this iteration: the
+    ``agent``'s actor and critic, ``optimizer``, LR ``schedule``, ``best`` validation policy, the
+    replay ``buffer``'s sampler, the ``env``'s whole state and torch's RNG."""
+    return {
+        "iteration": progress.iteration,
+        "frames": progress.frames,
+        "actor": cpu_copy(agent.actor.state_dict()),
+        "critic": cpu_copy(agent.critic.state_dict()),
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
+        "schedule": schedule.state_dict(),
+        "best": {"score": best.score, "iteration": best.iteration, "stale": best.stale, "state": best.state},
+        "sampler": copy.deepcopy(buffer.sampler.state_dict()),  # holds the next permutation
+        "env": env.resume_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def restore_training(
+    state: dict[str, Any],
+    agent: Any,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    best: Any,
+    buffer: Any,
+    env: Any,
+    progress: TrainingProgress,
+) -> None:
+    """Load a ``training_state`` into freshly built training parts (the env continues at the next
+    reset, which the collector makes when it is built)."""
+    progress.iteration, progress.frames = state["iteration"], state["frames"]
+    agent.actor.load_state_dict(state["actor"])
+    agent.critic.load_state_dict(state["critic"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    saved = state["best"]
+    best.score, best.iteration, best.stale, best.state = (
+        saved["score"],
+        saved["iteration"],
+        saved["stale"],
+        saved["state"],
+    )
+    buffer.sampler.load_state_dict(state["sampler"])
+    env.resume_from(state["env"])
+    print(f"resuming training at iteration {progress.iteration} ({progress.frames:,} frames)", file=sys.stderr)

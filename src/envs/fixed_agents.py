@@ -8,6 +8,7 @@ A fixed strategy decides at each market's bar t from bars up to t, like any agen
 """
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,13 @@ class FixedStrategy:
     def seed(self, seed: int) -> None:
         """Strategies with randomness reseed here."""
 
+    def state(self) -> Any:
+        """What evolves in the strategy (its generator's state), for a training checkpoint."""
+        return None
+
+    def load_state(self, state: Any) -> None:
+        """Continue from ``state()``."""
+
 
 class Hold(FixedStrategy):
     def __init__(self, actions):
@@ -45,6 +53,12 @@ class Random(FixedStrategy):
 
     def seed(self, seed):
         self.generator.manual_seed(seed)
+
+    def state(self):
+        return self.generator.get_state()
+
+    def load_state(self, state):
+        self.generator.set_state(state)
 
     def targets(self, market, k):
         return self.actions.to_targets(self.actions.sample(market.E, self.generator))

@@ -128,7 +128,23 @@ class Walk:
     ends: np.ndarray
 
 
-class VectorMarket:
+class EvolvingArrays:
+    """``state()`` / ``load_state()`` over the array attributes a market's kernel evolves, named in
+    ``STATE`` (a training checkpoint's env state)."""
+
+    STATE: tuple[str, ...] = ()
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Copies of every array that evolves."""
+        return {name: getattr(self, name).copy() for name in self.STATE}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Continue from ``state`` (from ``state()`` of a market with the same shapes), in place."""
+        for name in self.STATE:
+            getattr(self, name)[...] = state[name]
+
+
+class VectorMarket(EvolvingArrays):
     """N envs over ``df`` (OHLCV + the ``feature_columns`` the agent observes).
 
     Arrays (all length N unless noted): ``t`` bar index of the latest close seen, ``cash``,
@@ -277,15 +293,6 @@ class VectorMarket:
         "account",
         "rng_state",
     )
-
-    def state(self) -> dict[str, np.ndarray]:
-        """Copies of every array that evolves (a training checkpoint's env state)."""
-        return {name: getattr(self, name).copy() for name in self.STATE}
-
-    def load_state(self, state: dict[str, np.ndarray]) -> None:
-        """Continue from ``state`` (from ``state()`` of a market with the same shapes), in place."""
-        for name in self.STATE:
-            getattr(self, name)[...] = state[name]
 
     def walk(self, targets: np.ndarray) -> "Walk":
         """Step every env through its own target path ``targets`` (S, N) float64 in one kernel

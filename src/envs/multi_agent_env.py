@@ -42,6 +42,7 @@ class MultiAgentTradingEnv(EnvBase):
             raise ConfigError("env=multi_agent supports env.action_space=discrete only")
         self.market, self.actions, self.names = market, actions, names
         self.learners, self.fixed, self.observe_flow = learners, fixed, observe_flow
+        self._resume_state: dict | None = None
         self.group_map = {"agents": [names[k] for k in learners]}
         E, L, K = market.E, len(learners), market.K
         _, w, f = market.obs.shape
@@ -74,6 +75,16 @@ class MultiAgentTradingEnv(EnvBase):
             ),
             shape=(E,),
         )
+
+    def resume_state(self) -> dict:
+        """The env's whole evolving state (a training checkpoint's): its markets' arrays and the
+        fixed strategies' generators."""
+        return {"market": self.market.state(), "fixed": {k: s.state() for k, s in self.fixed.items()}}
+
+    def resume_from(self, state: dict) -> None:
+        """The next full reset continues from ``state`` (``resume_state()``) instead of starting
+        new episodes: a collector built on this env picks up where a checkpointed one stopped."""
+        self._resume_state = state
 
     @property
     def num_learners(self) -> int:
@@ -110,7 +121,13 @@ class MultiAgentTradingEnv(EnvBase):
         mask = None
         if tensordict is not None and "_reset" in tensordict.keys():
             mask = tensordict["_reset"].reshape(-1).numpy()
-        self.market.reset(mask)
+        if mask is None and self._resume_state is not None:
+            self.market.load_state(self._resume_state["market"])
+            for k, strategy in self.fixed.items():
+                strategy.load_state(self._resume_state["fixed"][k])
+            self._resume_state = None
+        else:
+            self.market.reset(mask)
         no = torch.zeros(self.market.E, dtype=torch.bool)
         flags = self._flags(no, no)
         return self._output(flags, self.observation())

@@ -36,7 +36,7 @@ import pandas as pd
 from numba import njit, prange
 
 from src.envs import kernels
-from src.envs.market import PARALLEL_MIN_ENVS, MarketRules, market_bars
+from src.envs.market import PARALLEL_MIN_ENVS, EvolvingArrays, MarketRules, market_bars
 
 FEE_PAID, SLIPPAGE_PAID, IMPACT_PAID = range(3)
 N_ACCOUNT = 3
@@ -350,9 +350,30 @@ def step_markets_parallel(
         )
 
 
-class MultiMarket:
+class MultiMarket(EvolvingArrays):
     """E markets of K agents each over ``df`` (OHLCV + ``feature_columns``); arrays as in the
     module docstring, ``obs`` viewed as (E, window, F) float32, ``account`` (E*K, 3) float32."""
+
+    STATE = (
+        "t",
+        "steps",
+        "starts",
+        "level",
+        "flow",
+        "terminated",
+        "truncated",
+        "cash",
+        "units",
+        "requested",
+        "equity",
+        "traded",
+        "stats",
+        "paid",
+        "reward",
+        "obs",
+        "account",
+        "rng_state",
+    )
 
     def __init__(
         self,

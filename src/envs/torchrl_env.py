@@ -90,8 +90,12 @@ class TradingEnv(EnvBase):
         self.market.use_output_buffers(**{STEP_OUTPUTS[key]: tensor.numpy() for key, tensor in fresh.items()})
         return fresh
 
+    def resume_state(self) -> dict:
+        """The env's whole evolving state (a training checkpoint's): its market's arrays."""
+        return self.market.state()
+
     def resume_from(self, state: dict) -> None:
-        """The next full reset continues from ``state`` (``market.state()`` of a checkpoint)
+        """The next full reset continues from ``state`` (``resume_state()`` of a checkpoint)
         instead of starting new episodes: a collector built on this env picks up where a
         checkpointed one stopped."""
         self._resume_state = state
