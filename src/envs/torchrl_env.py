@@ -81,13 +81,14 @@ class TradingEnv(EnvBase):
         are handed to TorchRL as they are (the kernel never writes into them again), pinned for
         a GPU learner; with ``copy_current`` they start as copies of the current outputs (a
         partial reset rewrites some envs only)."""
-        fresh = {}
+        fresh, arrays = {}, {}
         for key in keys:
             shape, dtype = self._layout[key]
-            fresh[key] = torch.empty(shape, dtype=dtype, pin_memory=self.pin_memory)
+            tensor = fresh[key] = torch.empty(shape, dtype=dtype, pin_memory=self.pin_memory)
             if copy_current:
-                fresh[key].copy_(torch.from_numpy(getattr(self.market, STEP_OUTPUTS[key])).view(shape))
-        self.market.use_output_buffers(**{STEP_OUTPUTS[key]: tensor.numpy() for key, tensor in fresh.items()})
+                tensor.copy_(torch.from_numpy(getattr(self.market, STEP_OUTPUTS[key])).view(shape))
+            arrays[STEP_OUTPUTS[key]] = tensor.numpy()
+        self.market.use_output_buffers(**arrays)
         return fresh
 
     def resume_state(self) -> dict:
@@ -114,9 +115,14 @@ class TradingEnv(EnvBase):
         return self._outputs({**outputs, "done": done, "terminated": done.clone(), "truncated": done.clone()})
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        return self._outputs(self._step_tensors(tensordict))
+
+    def _step_tensors(self, tensordict: TensorDictBase) -> dict[str, torch.Tensor]:
+        """One kernel step towards ``tensordict["action"]``; its outputs by key."""
         outputs = self._fresh_outputs(STEP_OUTPUTS, copy_current=False)  # the kernel writes every env's
         self.market.step(self.actions.to_targets(tensordict["action"]))
-        return self._outputs({**outputs, "done": outputs["terminated"] | outputs["truncated"]})
+        outputs["done"] = outputs["terminated"] | outputs["truncated"]
+        return outputs
 
     def _outputs(self, tensors: dict[str, torch.Tensor]) -> TensorDictBase:
         """``tensors`` as one TensorDict on the env's device, without TensorDict's per-entry
@@ -133,7 +139,7 @@ class TradingEnv(EnvBase):
         keys = tensordict.keys()
         if self.run_type_checks or "_step" in keys or "next" in keys or tensordict.device != self.device:
             return super().step_and_maybe_reset(tensordict)
-        outputs = self._step(tensordict)
+        outputs = self._step_tensors(tensordict)
         # TorchRL's step_mdp: the root's entries but "next" and the done keys, then the outputs
         # but the reward (nested tensordicts are shallow copies)
         carried = {
@@ -142,8 +148,10 @@ class TradingEnv(EnvBase):
             if key not in NOT_CARRIED
         }
         carried.update((key, value) for key, value in outputs.items() if key != "reward")
-        tensordict._set_str("next", outputs, validated=True, inplace=False, non_blocking=False)
-        return tensordict, self.maybe_reset(self._outputs(carried))
+        tensordict._set_str("next", self._outputs(outputs), validated=True, inplace=False, non_blocking=False)
+        carrier = self._outputs(carried)
+        finished = self.market.terminated.any() or self.market.truncated.any()  # the outputs' own arrays
+        return tensordict, self.maybe_reset(carrier) if finished else carrier
 
     def _set_seed(self, seed: int | None) -> None:
         self.market.seed(0 if seed is None else seed)
