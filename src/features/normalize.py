@@ -27,7 +27,8 @@ def normalization_warmup(cfg) -> int:
 def _rolling_zscore(columns, window: int, clip: float) -> None:
     """In place, column by column: the z-score of each value against the last ``window`` values
     (itself included), by Welford's add/remove updates (a ring buffer keeps the raw values that
-    leave the window); NaN until ``window`` finite values are in the window."""
+    leave the window; a full window that swaps one finite value for another takes the one-step
+    replace update); NaN until ``window`` finite values are in the window."""
     for j in prange(len(columns)):
         values = columns[np.intp(j)]
         ring = np.empty(window)
@@ -37,19 +38,25 @@ def _rolling_zscore(columns, window: int, clip: float) -> None:
             old = ring[i % window]
             ring[i % window] = x
             values[i] = np.nan
-            if np.isfinite(x):
-                count += 1
-                delta = x - mean
-                mean += delta / count
-                squares += delta * (x - mean)
-            if i >= window and np.isfinite(old):
-                count -= 1
-                if count == 0:
-                    mean, squares = 0.0, 0.0
-                else:
-                    delta = old - mean
-                    mean -= delta / count
-                    squares -= delta * (old - mean)
+            if count == window and i >= window and np.isfinite(x):  # old is finite: the window was full
+                step = x - old
+                new_mean = mean + step / window
+                squares += step * (x - new_mean + old - mean)
+                mean = new_mean
+            else:
+                if np.isfinite(x):
+                    count += 1
+                    delta = x - mean
+                    mean += delta / count
+                    squares += delta * (x - mean)
+                if i >= window and np.isfinite(old):
+                    count -= 1
+                    if count == 0:
+                        mean, squares = 0.0, 0.0
+                    else:
+                        delta = old - mean
+                        mean -= delta / count
+                        squares -= delta * (old - mean)
             if count == window and np.isfinite(x):
                 variance = squares / (window - 1)
                 std = np.sqrt(variance) if variance > 0 else 0.0
