@@ -33,7 +33,14 @@ from src.agents.ppo import (
     minibatch_steps,
     optimiser,
 )
-from src.agents.resume import TrainingCheckpoints, TrainingProgress, cpu_copy, restore_training, training_state
+from src.agents.resume import (
+    TrainingCheckpoints,
+    TrainingParts,
+    TrainingProgress,
+    cpu_copy,
+    restore_training,
+    training_state,
+)
 from src.registry import register
 from src.resources import Compute
 
@@ -137,9 +144,10 @@ class MultiAgentPPO(Agent):
             batch_size=cfg.minibatch_size,
         )
         best, monitor, progress = _BestPolicy(cfg.patience), Monitor(compute.device), TrainingProgress()
+        parts = TrainingParts(self, optimizer, schedule, best, buffer, train_env)
         resumed = checkpoints.load() if checkpoints is not None and cfg.resume else None
         if resumed is not None:
-            restore_training(resumed, self, optimizer, schedule, best, buffer, train_env, progress)
+            restore_training(resumed, parts, progress)
         remaining = 0 if best.exhausted else cfg.total_frames - progress.frames
         collector: Any = (  # None when a resumed run had already finished
             local_collector(train_env, self.actor, cfg.frames_per_batch, remaining, compute) if remaining > 0 else None
@@ -188,7 +196,7 @@ class MultiAgentPPO(Agent):
                         ),
                     )
                     if checkpoints is not None:
-                        snapshot = training_state(self, optimizer, schedule, best, buffer, train_env, progress)
+                        snapshot = training_state(parts, progress)
                         if progress.iteration % cfg.checkpoint_every == 0:
                             checkpoints.save(snapshot)
                     monitor.lap()  # evaluation and checkpoints are not collection time

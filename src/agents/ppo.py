@@ -29,7 +29,14 @@ from src.agents.checkpoint import check_contract
 from src.agents.collection import RayCollection, WorkerScaler, local_collector, worker_counts
 from src.agents.models import build_network
 from src.agents.monitor import Monitor
-from src.agents.resume import TrainingCheckpoints, TrainingProgress, cpu_copy, restore_training, training_state
+from src.agents.resume import (
+    TrainingCheckpoints,
+    TrainingParts,
+    TrainingProgress,
+    cpu_copy,
+    restore_training,
+    training_state,
+)
 from src.envs.actions import ActionSpace
 from src.registry import register
 from src.resources import Compute
@@ -111,10 +118,10 @@ class PPOAgent(Agent):
             batch_size=cfg.minibatch_size,
         )
         store = checkpoints
-        progress = TrainingProgress()
+        progress, parts = TrainingProgress(), TrainingParts(self, optimizer, schedule, best, buffer, train_env)
         resumed = store.load() if store is not None and cfg.resume else None
         if resumed is not None:
-            restore_training(resumed, self, optimizer, schedule, best, buffer, train_env, progress)
+            restore_training(resumed, parts, progress)
         remaining = 0 if best.exhausted else cfg.total_frames - progress.frames
         # a TorchRL Collector or a RayCollection; None when a resumed run had already finished
         collection: Any = self._collection(train_env, remaining, compute) if remaining > 0 else None
@@ -162,7 +169,7 @@ class PPOAgent(Agent):
                         ),
                     )
                     if store is not None:
-                        snapshot = training_state(self, optimizer, schedule, best, buffer, train_env, progress)
+                        snapshot = training_state(parts, progress)
                         if progress.iteration % cfg.checkpoint_every == 0:
                             store.save(snapshot)
                     monitor.lap()  # evaluation and checkpoints are not collection time

@@ -111,56 +111,54 @@ class TrainingCheckpoints:
         return state
 
 
-def training_state(
-    agent: Any,
-    optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler,
-    best: Any,
-    buffer: Any,
-    env: Any,
-    progress: TrainingProgress,
-) -> dict[str, Any]:
+@dataclass
+class TrainingParts:
+    """What a training loop evolves besides its progress: the ``agent`` (its actor and critic),
+    ``optimizer``, LR ``schedule``, ``best`` validation policy (``_BestPolicy``), the replay
+    ``buffer`` (its sampler) and the ``env`` (its ``resume_state()``)."""
+
+    agent: Any
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    best: Any
+    buffer: Any
+    env: Any
+
+
+def training_state(parts: TrainingParts, progress: TrainingProgress) -> dict[str, Any]:
     """Everything training needs to continue exactly from the end of this iteration: the
-    ``agent``'s actor and critic, ``optimizer``, LR ``schedule``, ``best`` validation policy, the
-    replay ``buffer``'s sampler, the ``env``'s whole state and torch's RNG."""
+    ``parts``' state, the progress and torch's RNG."""
+    best = parts.best
     return {
         "iteration": progress.iteration,
         "frames": progress.frames,
-        "actor": cpu_copy(agent.actor.state_dict()),
-        "critic": cpu_copy(agent.critic.state_dict()),
-        "optimizer": copy.deepcopy(optimizer.state_dict()),
-        "schedule": schedule.state_dict(),
+        "actor": cpu_copy(parts.agent.actor.state_dict()),
+        "critic": cpu_copy(parts.agent.critic.state_dict()),
+        "optimizer": copy.deepcopy(parts.optimizer.state_dict()),
+        "schedule": parts.schedule.state_dict(),
         "best": {"score": best.score, "iteration": best.iteration, "stale": best.stale, "state": best.state},
-        "sampler": copy.deepcopy(buffer.sampler.state_dict()),  # holds the next permutation
-        "env": env.resume_state(),
+        "sampler": copy.deepcopy(parts.buffer.sampler.state_dict()),  # holds the next permutation
+        "env": parts.env.resume_state(),
         "torch_rng": torch.get_rng_state(),
     }
 
 
-def restore_training(
-    state: dict[str, Any],
-    agent: Any,
-    optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler,
-    best: Any,
-    buffer: Any,
-    env: Any,
-    progress: TrainingProgress,
-) -> None:
-    """Load a ``training_state`` into freshly built training parts (the env continues at the next
-    reset, which the collector makes when it is built)."""
+def restore_training(state: dict[str, Any], parts: TrainingParts, progress: TrainingProgress) -> None:
+    """Load a ``training_state`` into freshly built training ``parts`` and ``progress`` (the env
+    continues at the next reset, which the collector makes when it is built; torch's RNG is the
+    caller's to restore, once the collector is built)."""
     progress.iteration, progress.frames = state["iteration"], state["frames"]
-    agent.actor.load_state_dict(state["actor"])
-    agent.critic.load_state_dict(state["critic"])
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    saved = state["best"]
+    parts.agent.actor.load_state_dict(state["actor"])
+    parts.agent.critic.load_state_dict(state["critic"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.schedule.load_state_dict(state["schedule"])
+    saved, best = state["best"], parts.best
     best.score, best.iteration, best.stale, best.state = (
         saved["score"],
         saved["iteration"],
         saved["stale"],
         saved["state"],
     )
-    buffer.sampler.load_state_dict(state["sampler"])
-    env.resume_from(state["env"])
+    parts.buffer.sampler.load_state_dict(state["sampler"])
+    parts.env.resume_from(state["env"])
     print(f"resuming training at iteration {progress.iteration} ({progress.frames:,} frames)", file=sys.stderr)
