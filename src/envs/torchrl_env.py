@@ -119,7 +119,7 @@ class TradingEnv(EnvBase):
 
     def _step_tensors(self, tensordict: TensorDictBase) -> dict[str, torch.Tensor]:
         """One kernel step towards ``tensordict["action"]``; its outputs by key."""
-        outputs = self._fresh_outputs(STEP_OUTPUTS, copy_current=False)  # the kernel writes every env's
+        outputs = self._fresh_outputs(STEP_OUTPUTS, copy_current=False)  # the kernel writes every env's outputs
         self.market.step(self.actions.to_targets(tensordict["action"]))
         outputs["done"] = outputs["terminated"] | outputs["truncated"]
         return outputs
