@@ -427,8 +427,10 @@ def step_envs(
     ``equity_floor``), truncated (episode length reached, or no next bar), and this bar's
     executions into ``fills``. With ``auto_reset`` a finished env restarts at once at a random
     bar in [start_low, start_high) and ``obs`` holds its new episode's first window; without it
-    the caller must reset finished envs before stepping them again.
+    the caller must reset finished envs before stepping them again. Returns how many envs
+    finished (terminated or truncated) in this step.
     """
+    finished = 0
     for i in range(targets.shape[0]):
         _step_env(
             i,
@@ -456,6 +458,8 @@ def step_envs(
             truncated,
             fills,
         )
+        finished += terminated[i] or truncated[i]
+    return finished
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
@@ -485,9 +489,11 @@ def step_envs_parallel(
     fills,
 ):
     """``step_envs`` with the envs spread over numba's threads (``numba.set_num_threads``). Envs
-    share no state, so the result is bit-identical for any thread count."""
+    share no state, so the result is bit-identical for any thread count. Returns how many envs
+    finished."""
     n = targets.shape[0]
     flat_bars = bars.reshape(-1)
+    finished = 0
     for i in prange(n):
         if i + PREFETCH_AHEAD < n:
             first = t[i + PREFETCH_AHEAD] * bars.shape[1]  # its rows of bars t and t+1
@@ -520,6 +526,8 @@ def step_envs_parallel(
             truncated,
             fills,
         )
+        finished += terminated[i] or truncated[i]
+    return finished
 
 
 @njit(cache=True, error_model="numpy", parallel=True)

@@ -242,10 +242,11 @@ class VectorMarket(EvolvingArrays):
             self.account,
         )
 
-    def step(self, targets: np.ndarray) -> None:
-        """Move every env one bar towards ``targets`` (N,) float64, fractions of equity."""
+    def step(self, targets: np.ndarray) -> int:
+        """Move every env one bar towards ``targets`` (N,) float64, fractions of equity; returns
+        how many envs finished (terminated or truncated) in this step."""
         step = kernels.step_envs_parallel if self.num_envs >= PARALLEL_MIN_ENVS else kernels.step_envs
-        step(targets, *self._kernel_args(self.auto_reset))
+        return int(step(targets, *self._kernel_args(self.auto_reset)))
 
     def _kernel_args(self, auto_reset: bool) -> tuple:
         """The market's data, rules and state in the order the step kernels take them (after the

@@ -115,14 +115,18 @@ class TradingEnv(EnvBase):
         return self._outputs({**outputs, "done": done, "terminated": done.clone(), "truncated": done.clone()})
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        return self._outputs(self._step_tensors(tensordict))
+        return self._outputs(self._step_tensors(tensordict)[0])
 
-    def _step_tensors(self, tensordict: TensorDictBase) -> dict[str, torch.Tensor]:
-        """One kernel step towards ``tensordict["action"]``; its outputs by key."""
+    def _step_tensors(self, tensordict: TensorDictBase) -> tuple[dict[str, torch.Tensor], int]:
+        """One kernel step towards ``tensordict["action"]``: its outputs by key, and how many envs
+        finished (none: ``done`` is all False without looking at the flags)."""
         outputs = self._fresh_outputs(STEP_OUTPUTS, copy_current=False)  # the kernel writes every env's outputs
-        self.market.step(self.actions.to_targets(tensordict["action"]))
-        outputs["done"] = outputs["terminated"] | outputs["truncated"]
-        return outputs
+        finished = self.market.step(self.actions.to_targets(tensordict["action"]))
+        if finished:
+            outputs["done"] = outputs["terminated"] | outputs["truncated"]
+        else:
+            outputs["done"] = torch.zeros(self._layout["terminated"][0], dtype=torch.bool, pin_memory=self.pin_memory)
+        return outputs, finished
 
     def _outputs(self, tensors: dict[str, torch.Tensor]) -> TensorDictBase:
         """``tensors`` as one TensorDict on the env's device, without TensorDict's per-entry
@@ -139,7 +143,7 @@ class TradingEnv(EnvBase):
         keys = tensordict.keys()
         if self.run_type_checks or "_step" in keys or "next" in keys or tensordict.device != self.device:
             return super().step_and_maybe_reset(tensordict)
-        outputs = self._step_tensors(tensordict)
+        outputs, finished = self._step_tensors(tensordict)
         # TorchRL's step_mdp: the root's entries but "next" and the done keys, then the outputs
         # but the reward (nested tensordicts are shallow copies)
         carried = {
@@ -150,7 +154,6 @@ class TradingEnv(EnvBase):
         carried.update((key, value) for key, value in outputs.items() if key != "reward")
         tensordict._set_str("next", self._outputs(outputs), validated=True, inplace=False, non_blocking=False)
         carrier = self._outputs(carried)
-        finished = self.market.terminated.any() or self.market.truncated.any()  # the outputs' own arrays
         return tensordict, self.maybe_reset(carrier) if finished else carrier
 
     def _set_seed(self, seed: int | None) -> None:
