@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import mlflow
 import numpy as np
 import pandas as pd
@@ -25,11 +24,9 @@ from rich.table import Table
 
 from src import registry
 from src.backtest.metrics import deflated_sharpe
+from src.backtest.plots import pyplot
 from src.config_checks import ConfigError
 from src.tracking.mlflow_run import mlflow_run
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 BOOTSTRAP = 2000
 SHOWN = ("total_return", "sharpe", "sortino", "max_drawdown", "psr", "psr_vs_buy_and_hold")
@@ -145,6 +142,7 @@ def _report(agent: str, seeds: list[int], summary: dict, curves: dict, output_di
     )
     (output_dir / "seeds.json").write_text(json.dumps({"seeds": seeds, **summary}, indent=2))
     if curves:
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(10, 4))
         for seed, curve in curves.items():
             ax.plot(curve.index, curve / curve.iloc[0], lw=1, label=f"seed {seed}")

@@ -18,7 +18,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
 import mlflow
 import numpy as np
 import pandas as pd
@@ -28,12 +27,10 @@ from rich.table import Table
 
 from src import registry
 from src.backtest.metrics import compute_metrics, psr_against
+from src.backtest.plots import pyplot
 from src.config_checks import ConfigError
 from src.splits import SplitBounds
 from src.tracking.mlflow_run import mlflow_run
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 CURVES = ("equity", "buy_and_hold", "random")  # equity.csv columns stitched per contender
 
@@ -193,6 +190,7 @@ def _report(cfg, rows, summary, stitched, boundaries, output_dir: Path) -> None:
     frame = pd.DataFrame({agent if n == "equity" else n: c for n, c in stitched.items()})
     frame.to_csv(output_dir / "stitched.csv")
     (output_dir / "walk_forward.json").write_text(json.dumps({"folds": rows, "stitched": summary}, indent=2))
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 4))
     for name in frame:
         ax.plot(frame.index, frame[name] / frame[name].iloc[0], label=name, lw=2 if name == agent else 1)

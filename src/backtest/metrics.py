@@ -38,11 +38,11 @@ finite number that JSON and MLflow store).
 """
 
 import math
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
 from numba import njit, prange
-from scipy import stats
 
 from src.data.timeframes import periods_per_year
 
@@ -118,7 +118,7 @@ def expected_max_sharpe(n_trials: int, variance: float) -> float:
     have ``variance`` (0 for a single trial)."""
     if n_trials < 2:
         return 0.0
-    z = stats.norm.ppf
+    z = NormalDist().inv_cdf  # the standard normal quantile function
     return float(
         np.sqrt(variance) * ((1 - EULER_GAMMA) * z(1 - 1 / n_trials) + EULER_GAMMA * z(1 - 1 / (n_trials * np.e)))
     )

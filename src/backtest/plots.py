@@ -8,16 +8,24 @@ bars a scenario injected.
 import base64
 import html
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from src.backtest.metrics import rolling_sharpe
+from src.scenarios import Marks
 
-from src.backtest.metrics import rolling_sharpe  # noqa: E402
-from src.scenarios import Marks  # noqa: E402
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend, imported when a plot is drawn (it costs
+    a run without plots over half a second of start-up)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def save_plots(
@@ -29,6 +37,7 @@ def save_plots(
     marks: Marks | None = None,
 ) -> list[Path]:
     """Write equity/drawdown/returns/position/rolling_sharpe PNGs for ``highlight``."""
+    plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     marks = marks or []
     equity = equity_curves[highlight]
@@ -72,7 +81,7 @@ def _save(fig, ax, path: Path, marks: Marks) -> Path:
         ax.axvspan(start, end, color="orange", alpha=0.25, label="injected")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -108,6 +117,7 @@ def html_report(
 def heatmap(values: pd.DataFrame, title: str, path: Path) -> Path:
     """A labelled heatmap of ``values`` (rows x columns, e.g. a metric over two parameters);
     empty cells (NaN) stay blank."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * values.shape[1], 1.0 + 0.6 * values.shape[0]))
     image = ax.imshow(values.to_numpy(float), cmap="RdYlGn", aspect="auto")
     ax.set_xticks(range(values.shape[1]), [str(c) for c in values.columns])

@@ -14,8 +14,8 @@ import logging
 import re
 import time
 from pathlib import Path
+from typing import Any
 
-import ccxt
 import numpy as np
 import pandas as pd
 
@@ -27,7 +27,14 @@ from src.data.validate import OHLCV, DataValidationError, validate_ohlcv
 from src.registry import register
 
 log = logging.getLogger(__name__)
-RETRYABLE = (ccxt.NetworkError,)  # includes RateLimitExceeded, DDoSProtection, RequestTimeout
+
+
+def ccxt_module() -> Any:
+    """ccxt, imported when an exchange is first used (importing it costs every run that reads
+    no exchange about 0.4 s of start-up)."""
+    import ccxt
+
+    return ccxt
 
 
 class ExchangeConfigError(ValueError):
@@ -65,6 +72,9 @@ class ExchangeClient:
         backoff_seconds: float = 1.0,
         sandbox: bool = False,
     ):
+        ccxt = ccxt_module()
+        # retried: network errors, which include RateLimitExceeded, DDoSProtection, RequestTimeout
+        self._retryable, self._refused = ccxt.NetworkError, ccxt.BaseError
         if exchange_id not in ccxt.exchanges:
             raise ExchangeConfigError(
                 f"unknown exchange {exchange_id!r} (data.exchange). ccxt knows: {', '.join(ccxt.exchanges)}"
@@ -85,7 +95,7 @@ class ExchangeClient:
         for attempt in range(self.max_retries + 1):
             try:
                 return getattr(self.exchange, method)(*args)
-            except RETRYABLE as error:
+            except self._retryable as error:
                 if attempt == self.max_retries:
                     raise ConnectionError(
                         f"{self.exchange.id}.{method} failed after {attempt + 1} attempts: "
@@ -96,7 +106,7 @@ class ExchangeClient:
                     "%s.%s: %s; retry %d in %.1fs", self.exchange.id, method, type(error).__name__, attempt + 1, delay
                 )
                 time.sleep(delay)
-            except ccxt.BaseError as error:
+            except self._refused as error:
                 raise ExchangeConfigError(
                     f"{self.exchange.id}.{method}: {redact(str(error), self.credentials)}"
                 ) from None

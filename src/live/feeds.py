@@ -18,12 +18,10 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import ccxt
-import ccxt.pro
 import pandas as pd
 
 from src.config_checks import plain_dict
-from src.data.ccxt_source import ExchangeClient
+from src.data.ccxt_source import ExchangeClient, ccxt_module
 from src.data.credentials import exchange_credentials
 from src.data.quality import bar_delta
 from src.data.validate import OHLCV
@@ -78,6 +76,10 @@ class CcxtFeed:
         self.rest = ExchangeClient(
             data_cfg.exchange, data_cfg.base_url, options, data_cfg.max_retries, data_cfg.backoff_seconds
         )
+        import ccxt.pro  # with the exchange: see ccxt_module
+
+        ccxt = ccxt_module()
+        self._reconnectable = (ccxt.NetworkError, ccxt.ExchangeError, OSError)
         exchange_class = getattr(ccxt.pro, data_cfg.exchange)
         self.exchange = exchange_class({"enableRateLimit": True, **exchange_credentials(), **options})
         if data_cfg.base_url:  # REST (markets) on the same host as the client above
@@ -118,7 +120,7 @@ class CcxtFeed:
                 try:
                     updates = watch.result()
                     failures = 0
-                except (ccxt.NetworkError, ccxt.ExchangeError, OSError) as error:
+                except self._reconnectable as error:
                     failures += 1
                     if failures > int(self.feed_cfg.max_reconnects):
                         raise ConnectionError(

@@ -10,10 +10,8 @@ refuses to start without sandbox mode, and without ``EXCHANGE_API_KEY``/``EXCHAN
 (environment or ``.env``), which are never logged, journaled or written to MLflow.
 """
 
-import ccxt
-
 from src.config_checks import ConfigError, plain_dict
-from src.data.ccxt_source import ExchangeClient
+from src.data.ccxt_source import ExchangeClient, ccxt_module
 from src.data.credentials import exchange_credentials, redact
 from src.live.journal import Journal
 
@@ -79,6 +77,7 @@ class TestnetBroker:
 
     def _existing(self, client_id: str) -> dict | None:
         """The order already on the exchange under ``client_id`` (a crash after sending)."""
+        ccxt = ccxt_module()
         try:
             return self.client.exchange.fetch_order(None, self.symbol, {"origClientOrderId": client_id})
         except ccxt.OrderNotFound:
