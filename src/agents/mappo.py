@@ -38,8 +38,6 @@ from src.agents.resume import (
     TrainingParts,
     TrainingProgress,
     cpu_copy,
-    restore_training,
-    training_state,
 )
 from src.registry import register
 from src.resources import Compute
@@ -145,9 +143,7 @@ class MultiAgentPPO(Agent):
         )
         best, monitor, progress = _BestPolicy(cfg.patience), Monitor(compute.device), TrainingProgress()
         parts = TrainingParts(self, optimizer, schedule, best, buffer, train_env)
-        resumed = checkpoints.load() if checkpoints is not None and cfg.resume else None
-        if resumed is not None:
-            restore_training(resumed, parts, progress)
+        resumed = checkpoints.resume(parts, progress) if checkpoints is not None and cfg.resume else None
         remaining = 0 if best.exhausted else cfg.total_frames - progress.frames
         collector: Any = (  # None when a resumed run had already finished
             local_collector(train_env, self.actor, cfg.frames_per_batch, remaining, compute) if remaining > 0 else None
@@ -196,9 +192,7 @@ class MultiAgentPPO(Agent):
                         ),
                     )
                     if checkpoints is not None:
-                        snapshot = training_state(parts, progress)
-                        if progress.iteration % cfg.checkpoint_every == 0:
-                            checkpoints.save(snapshot)
+                        snapshot = checkpoints.record(parts, progress, cfg.checkpoint_every)
                     monitor.lap()  # evaluation and checkpoints are not collection time
                     if best.exhausted:
                         break

@@ -34,8 +34,6 @@ from src.agents.resume import (
     TrainingParts,
     TrainingProgress,
     cpu_copy,
-    restore_training,
-    training_state,
 )
 from src.envs.actions import ActionSpace
 from src.registry import register
@@ -119,9 +117,7 @@ class PPOAgent(Agent):
         )
         store = checkpoints
         progress, parts = TrainingProgress(), TrainingParts(self, optimizer, schedule, best, buffer, train_env)
-        resumed = store.load() if store is not None and cfg.resume else None
-        if resumed is not None:
-            restore_training(resumed, parts, progress)
+        resumed = store.resume(parts, progress) if store is not None and cfg.resume else None
         remaining = 0 if best.exhausted else cfg.total_frames - progress.frames
         # a TorchRL Collector or a RayCollection; None when a resumed run had already finished
         collection: Any = self._collection(train_env, remaining, compute) if remaining > 0 else None
@@ -169,9 +165,7 @@ class PPOAgent(Agent):
                         ),
                     )
                     if store is not None:
-                        snapshot = training_state(parts, progress)
-                        if progress.iteration % cfg.checkpoint_every == 0:
-                            store.save(snapshot)
+                        snapshot = store.record(parts, progress, cfg.checkpoint_every)
                     monitor.lap()  # evaluation and checkpoints are not collection time
                     if best.exhausted:
                         break

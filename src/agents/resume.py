@@ -95,6 +95,22 @@ class TrainingCheckpoints:
         torch.save({**state, **self.meta}, partial)
         os.replace(partial, self.path)
 
+    def resume(self, parts: "TrainingParts", progress: TrainingProgress) -> dict[str, Any] | None:
+        """Load the last checkpoint into ``parts`` and ``progress`` (``restore_training``);
+        returns it (its torch RNG is the caller's to restore), or None if there is none."""
+        state = self.load()
+        if state is not None:
+            restore_training(state, parts, progress)
+        return state
+
+    def record(self, parts: "TrainingParts", progress: TrainingProgress, every: int) -> dict[str, Any]:
+        """This iteration's ``training_state``, saved every ``every`` iterations; returned for
+        ``interrupted`` to save if training stops before the next one."""
+        snapshot = training_state(parts, progress)
+        if progress.iteration % every == 0:
+            self.save(snapshot)
+        return snapshot
+
     def interrupted(self, snapshot: dict[str, Any] | None) -> "TrainingInterrupted":
         """What Ctrl-C or SIGTERM during training raises: the last finished iteration's
         ``snapshot`` saved (if any), and the checkpoint to resume from named."""
