@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from src.api.app import create_app
 from src.run import run
-from tests.conftest import ROOT, compose_config
+from tests.conftest import ROOT, compose_config, mlflow_store
 
 TINY_PPO = [
     "data.n_bars=2500",
@@ -38,7 +38,7 @@ def store(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("api")
     inside = ROOT / "outputs" / f"pytest-api-{os.getpid()}"  # /act reads checkpoints in the project
     previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_store(tmp)
     try:
         os.chdir(ROOT)
         run(compose_config(TINY_PPO), inside / "ppo")
@@ -236,7 +236,7 @@ def test_job_state_survives_an_api_restart(tmp_path, store):
     from src.api.jobs import JobStore
     from src.api.models import JobRequest
 
-    first = JobStore(tmp_path / "jobs", max_jobs=1, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
+    first = JobStore(tmp_path / "jobs", max_jobs=1, env={"MLFLOW_TRACKING_URI": mlflow_store(tmp_path, "m.db")})
     job = first.submit(
         JobRequest(groups={"agent": "buy_and_hold"}, overrides=["data.n_bars=2500", "backtest.plots=false"])
     )
@@ -266,7 +266,7 @@ def test_a_real_server_runs_a_job_to_completion_and_cancels_one(tmp_path, store)
     port = free_port()
     env = {
         **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+        "MLFLOW_TRACKING_URI": mlflow_store(tmp_path),
         "RLTRADE_API_PORT": str(port),
         "RLTRADE_API_MAX_JOBS": "1",
     }

@@ -11,7 +11,7 @@ import pytest
 
 from src.data.ccxt_source import ExchangeConfigError, cache_path, load_exchange_ohlcv
 from src.data.validate import DataValidationError
-from tests.conftest import ROOT, runs
+from tests.conftest import ROOT, mlflow_store, runs
 from tests.fake_exchange import FakeBinance
 
 SPOT = {"options": {"fetchMarkets": ["spot"]}}
@@ -183,7 +183,7 @@ def test_run_with_credentials_never_leaks_them(server, tmp_path):
     (tmp_path / ".env.staging").write_text(f"EXCHANGE_API_KEY={key}\nEXCHANGE_API_SECRET={secret}\n")
     (tmp_path / ".env").write_text("EXCHANGE_API_KEY=the-profile-wins\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXCHANGE_API")}
-    env |= {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "ENV": "staging", "PYTHONPATH": str(ROOT)}
+    env |= {"MLFLOW_TRACKING_URI": mlflow_store(tmp_path), "ENV": "staging", "PYTHONPATH": str(ROOT)}
     seen = subprocess.run(
         [
             sys.executable,

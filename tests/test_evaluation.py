@@ -13,7 +13,7 @@ from src.backtest.metrics import deflated_sharpe, expected_max_sharpe, probabili
 from src.config_checks import ConfigError
 from src.seeds import aggregate, with_sweep_overrides
 from src.walk_forward import fold_bounds, stitch
-from tests.conftest import compose_config, runs
+from tests.conftest import compose_config, mlflow_store, runs
 
 
 @settings(max_examples=200, deadline=None)
@@ -124,7 +124,7 @@ def test_from_sweep_applies_the_best_overrides(tmp_path):
 def test_walk_forward_runs_folds_as_child_runs_and_stitches_them(tmp_path, monkeypatch, capsys):
     from src.run import job
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     out = tmp_path / "out"
     job(
         compose_config(
@@ -162,7 +162,7 @@ def test_seeds_find_a_planted_signal_and_only_chance_on_a_random_walk(tmp_path, 
     from src.run import job
     from src.seeds import run_seeds
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     fractions = {}
     for signal in (0.3, 0.0):
         cfg = compose_config(

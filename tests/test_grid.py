@@ -8,7 +8,7 @@ import pytest
 from src import registry
 from src.backtest.grid import combinations
 from src.backtest.sizing import with_risk_columns
-from tests.conftest import compose_config, runs
+from tests.conftest import compose_config, mlflow_store, runs
 
 
 @pytest.mark.parametrize("backtest", ["default", "risk_managed"])
@@ -49,7 +49,7 @@ def test_a_grid_needs_a_rule_agent(market_df):
 def test_grid_mode_selects_on_validation_and_reports_test_separately(tmp_path, monkeypatch, capsys):
     from src.run import run
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     out = tmp_path / "out"
     run(
         compose_config(

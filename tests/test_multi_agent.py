@@ -17,7 +17,7 @@ from src.envs import kernels
 from src.envs.market import MarketRules, VectorMarket
 from src.envs.multi_market import FEE_PAID, IMPACT_PAID, SLIPPAGE_PAID, Impact, MultiMarket
 from src.envs.torchrl_env import feature_columns
-from tests.conftest import compose_config, run_cli, runs
+from tests.conftest import compose_config, mlflow_store, run_cli, runs
 
 RULES = MarketRules(
     transaction_fee=0.001,
@@ -181,7 +181,7 @@ def test_a_multi_agent_run_needs_a_multi_agent_learner():
 def test_mappo_beats_random_learners_on_a_planted_signal_market(tmp_path, monkeypatch):
     from src.run import run
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     cfg = compose_config(
         [
             "experiment=planted_signal",

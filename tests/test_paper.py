@@ -21,7 +21,8 @@ from src import registry
 from src.envs.torchrl_env import feature_columns
 from src.live.bars import ClosedBars
 from src.live.observe import Observer
-from tests.conftest import ROOT, compose_config, runs
+from src.live.session import replay_journal
+from tests.conftest import ROOT, compose_config, mlflow_store, runs
 from tests.fake_exchange import FIRST_BAR_MS, HOUR_MS, FakeBinance, FakeBinanceStream
 from tests.test_kernel_properties import random_market
 
@@ -85,7 +86,7 @@ PAPER = [
 
 
 def paper_cli(tmp_path: Path, *args: str, wait: bool = True, session: str = "s"):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store(tmp_path), "PYTHONUNBUFFERED": "1"}
     command = [
         sys.executable,
         "-m",
@@ -184,8 +185,10 @@ def test_replay_session_is_identical_to_the_backtest_and_resumes(tmp_path):
     with sqlite3.connect(tmp_path / "journal" / "whole.db") as db:
         ts = db.execute("SELECT ts FROM fills ORDER BY ts LIMIT 1 OFFSET 2").fetchone()[0]
         db.execute("UPDATE fills SET price = price * 1.0001 WHERE ts = ?", (ts,))
-    out = paper_cli(tmp_path, "mode=replay_journal", session="whole")
-    assert f"parity: differs at {pd.Timestamp(ts, unit='ms', tz='UTC'):%Y-%m-%d %H:%M}" in out.stdout
+    tampered = replay_journal(
+        compose_config(["mode=replay_journal", "paper.session=whole", f"paper.journal_dir={tmp_path / 'journal'}"])
+    )
+    assert f"parity: differs at {pd.Timestamp(ts, unit='ms', tz='UTC'):%Y-%m-%d %H:%M}" in tampered.line
 
 
 def test_a_daily_equity_session_is_identical_to_the_backtest(tmp_path, monkeypatch):
@@ -193,7 +196,7 @@ def test_a_daily_equity_session_is_identical_to_the_backtest(tmp_path, monkeypat
     history, the same for the session and its parity replay."""
     from src.run import run
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     cfg = compose_config(
         [
             "mode=paper",

@@ -9,7 +9,7 @@ from src import registry
 from src.agents.checkpoint import CheckpointMismatchError, policy_contract
 from src.envs.torchrl_env import feature_columns
 from src.run import run
-from tests.conftest import compose_config
+from tests.conftest import compose_config, mlflow_store
 
 TINY = [
     "agent.total_frames=1024",
@@ -89,7 +89,7 @@ def test_a_checkpoint_carries_its_contract_and_refuses_a_run_it_does_not_fit(tmp
 @pytest.mark.slow
 def test_ppo_beats_baselines_on_planted_signal(tmp_path, monkeypatch):
     """With a planted momentum signal, PPO must clearly beat buy-and-hold and random out of sample."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     cfg = compose_config(
         ["experiment=planted_signal", "agent.total_frames=98304", "agent.progress=false", "backtest.plots=false"]
     )

@@ -14,7 +14,7 @@ from ray.tune.search.sample import Categorical, Float, Integer, LogUniform
 
 from hydra_plugins.ray_tune_sweeper.ray_tune_sweeper import RayTuneSweeper
 from hydra_plugins.ray_tune_sweeper.search_space import parse
-from tests.conftest import ROOT, compose_config, run_cli, runs
+from tests.conftest import ROOT, compose_config, mlflow_store, runs
 
 
 def test_every_override_form_maps_to_its_ray_tune_domain():
@@ -60,39 +60,56 @@ def test_a_test_metric_is_refused_as_the_sweep_metric():
         RayTuneSweeper(metric="test_sharpe")
 
 
-def sweep_runs(tmp_path):
+def sweep_runs(tmp_path, uri: str | None = None):
     """(parent runs, trial runs, test-of-best runs) in the test's MLflow store."""
-    found = runs(tmp_path)
+    found = runs(tmp_path, uri)
     parents = [r for r in found if r.info.run_name.startswith("sweep-")]
     tested = [r for r in found if r.info.run_name.endswith("-test-of-best")]
     trials = [r for r in found if r not in parents and r not in tested]
     return parents, trials, tested
 
 
+def sweep(uri: str, *overrides: str) -> subprocess.CompletedProcess:
+    """``python -m src.run --multirun hydra/sweeper=ray_tune`` on 2 CPUs, logging to ``uri``."""
+    command = [sys.executable, "-m", "src.run", "--multirun", "hydra/sweeper=ray_tune", "hydra.sweeper.num_cpus=2"]
+    return subprocess.run(
+        [*command, "hydra.sweeper.num_samples=1", *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"},
+        timeout=300,
+    )
+
+
+SHORT_TRIAL = [
+    "data.n_bars=2500",
+    "agent.frames_per_batch=1024",
+    "agent.minibatch_size=512",
+    "agent.progress=false",
+    "env.num_envs=16",
+    "env.episode_length=256",
+    "backtest.plots=false",
+]
+
+
 @pytest.mark.slow
-def test_real_sweep_with_a_failing_trial(tmp_path):
+def test_real_sweep_with_failing_trials_on_an_mlflow_server(tmp_path, mlflow_server):
+    """Logged to a real MLflow tracking server (as on a cluster): a sweep with a failing trial,
+    a refused change of search space, then a new sweep (resume=false) whose trials all fail."""
     sweep_dir = tmp_path / "sweep"
-    result = run_cli(
-        tmp_path,
-        "--multirun",
-        "hydra/sweeper=ray_tune",
-        "hydra.sweeper.num_cpus=2",
-        "hydra.sweeper.num_samples=1",
+    result = sweep(
+        mlflow_server,
         "hydra.sweeper.scheduler=asha",
         f"hydra.sweep.dir={sweep_dir}",
         "agent.lr=0.001,0.0003,0.0001,-1.0",  # lr=-1 fails inside Adam: recorded, not fatal
-        "data.n_bars=2500",
         "agent.total_frames=2048",
-        "agent.frames_per_batch=1024",
-        "agent.minibatch_size=512",
         "agent.eval_every=1",
-        "agent.progress=false",
-        "env.num_envs=16",
-        "env.episode_length=256",
-        "backtest.plots=false",
+        *SHORT_TRIAL,
     )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Ray Tune trials" in result.stdout and "Invalid learning rate" in result.stdout
-    (parent,), children, (tested,) = sweep_runs(tmp_path)
+    (parent,), children, (tested,) = sweep_runs(tmp_path, mlflow_server)
     assert all(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in children + [tested])
     assert len(children) == 4 and parent.info.status == "FINISHED"
     assert sorted(r.data.params["agent.lr"] for r in children) == ["-1.0", "0.0001", "0.0003", "0.001"]
@@ -119,90 +136,30 @@ def test_real_sweep_with_a_failing_trial(tmp_path):
     # (rerunning the same sweep resumes it without repeating a trial: see the interrupted-sweep test)
 
     # another search space in the same sweep dir is not a resume: refused, nothing runs
-    changed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "src.run",
-            "--multirun",
-            "hydra/sweeper=ray_tune",
-            "hydra.sweeper.num_cpus=2",
-            "hydra.sweeper.num_samples=1",
-            f"hydra.sweep.dir={sweep_dir}",
-            "agent.lr=0.001,0.0003",
-            "data.n_bars=2500",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"},
-        timeout=300,
-    )
+    changed = sweep(mlflow_server, f"hydra.sweep.dir={sweep_dir}", "agent.lr=0.001,0.0003", "data.n_bars=2500")
     assert changed.returncode != 0 and "was started with another search space" in changed.stderr
-    assert len(runs(tmp_path)) == 6  # parent, 4 trials, the test of the best: nothing new
+    assert len(runs(tmp_path, mlflow_server)) == 6  # parent, 4 trials, the test of the best: nothing new
 
-    # resume=false starts a new sweep with a new parent; the old parent is left as it was
-    run_cli(
-        tmp_path,
-        "--multirun",
-        "hydra/sweeper=ray_tune",
-        "hydra.sweeper.num_cpus=2",
-        "hydra.sweeper.num_samples=1",
+    # resume=false starts a new sweep with a new parent, the old one left as it was; its trials
+    # all fail, so the run fails and its parent ends FAILED
+    all_fail = sweep(
+        mlflow_server,
         "hydra.sweeper.resume=false",
         f"hydra.sweep.dir={sweep_dir}",
-        "agent.lr=0.001,0.0003",
-        "data.n_bars=2500",
+        "agent.lr=-1.0,-2.0",
         "agent.total_frames=1024",
-        "agent.frames_per_batch=1024",
-        "agent.minibatch_size=512",
-        "agent.progress=false",
-        "env.num_envs=16",
-        "env.episode_length=256",
-        "backtest.plots=false",
+        *SHORT_TRIAL,
     )
-    parents, trial_runs, _ = sweep_runs(tmp_path)
-    assert len(parents) == 2 and len(trial_runs) == 6
-    old = next(p for p in parents if p.info.run_id == parent.info.run_id)
+    assert all_fail.returncode != 0 and "no trial completed" in all_fail.stderr
+    parents, trial_runs, _ = sweep_runs(tmp_path, mlflow_server)
+    (new,) = [p for p in parents if p.info.run_id != parent.info.run_id]
+    (old,) = [p for p in parents if p.info.run_id == parent.info.run_id]
     assert old.data.metrics["trials"] == 4 and old.info.status == "FINISHED"
+    assert new.info.status == "FAILED" and len(trial_runs) == 6
+    new_trials = [r for r in trial_runs if r.data.tags["mlflow.parentRunId"] == new.info.run_id]
+    assert sorted(r.data.params["agent.lr"] for r in new_trials) == ["-1.0", "-2.0"]
+    assert {r.info.status for r in new_trials} == {"FAILED"}
     assert list((sweep_dir / "ray_results").glob("sweep-replaced-*"))
-
-
-@pytest.mark.slow
-def test_a_sweep_whose_trials_all_fail_ends_its_parent_failed(tmp_path, mlflow_server):
-    """Logged to a real MLflow tracking server (as on a cluster): every trial's run is there."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "src.run",
-            "--multirun",
-            "hydra/sweeper=ray_tune",
-            "hydra.sweeper.num_cpus=2",
-            "hydra.sweeper.num_samples=1",
-            f"hydra.sweep.dir={tmp_path / 'sweep'}",
-            "agent.lr=-1.0,-2.0",
-            "data.n_bars=2500",
-            "agent.total_frames=1024",
-            "agent.frames_per_batch=1024",
-            "agent.minibatch_size=512",
-            "agent.progress=false",
-            "env.num_envs=16",
-            "env.episode_length=256",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server},
-    )
-    assert result.returncode != 0 and "no trial completed" in result.stderr
-    found = runs(tmp_path, mlflow_server)
-    (parent,) = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
-    trials = [r for r in found if r is not parent]
-    assert parent.info.status == "FAILED" and len(trials) == 2
-    assert {r.info.status for r in trials} == {"FAILED"}
-    assert sorted(r.data.params["agent.lr"] for r in trials) == ["-1.0", "-2.0"]
-    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trials)
 
 
 TINY_SWEEP = [
@@ -211,16 +168,10 @@ TINY_SWEEP = [
     "hydra.sweeper.num_cpus=2",
     "hydra.sweeper.num_samples=1",
     "hydra.sweeper.max_concurrent_trials=1",
-    "agent.lr=0.001,0.0003,0.0001,0.00003",
-    "data.n_bars=2500",
-    "agent.total_frames=4096",
-    "agent.frames_per_batch=1024",
-    "agent.minibatch_size=512",
+    "agent.lr=0.001,0.0003,0.0001",
+    "agent.total_frames=2048",
     "agent.eval_every=1",
-    "agent.progress=false",
-    "env.num_envs=16",
-    "env.episode_length=256",
-    "backtest.plots=false",
+    *SHORT_TRIAL,
 ]
 
 
@@ -241,7 +192,7 @@ def finished_trials(tmp_path) -> list:
 def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
     sweep_dir = tmp_path / "sweep"
     command = [sys.executable, "-m", "src.run", *TINY_SWEEP, f"hydra.sweep.dir={sweep_dir}"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store(tmp_path)}
     first = subprocess.Popen(
         command, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -251,14 +202,14 @@ def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
     os.killpg(first.pid, signal.SIGINT)  # Ctrl-C: Ray Tune saves its state and stops
     first.wait(timeout=120)
     done_before = {r.data.params["agent.lr"] for r in finished_trials(tmp_path)}
-    assert 0 < len(done_before) < 4, "the interrupt should land mid-sweep"
+    assert 0 < len(done_before) < 3, "the interrupt should land mid-sweep"
     (parent,), _, _ = sweep_runs(tmp_path)
     assert parent.info.status == "KILLED"  # interrupted, not FINISHED
     subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
     trials = finished_trials(tmp_path)
-    assert sorted(r.data.params["agent.lr"] for r in trials) == ["0.0001", "0.0003", "0.001", "3e-05"]
+    assert sorted(r.data.params["agent.lr"] for r in trials) == ["0.0001", "0.0003", "0.001"]
     results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
-    assert results.trials == 4 and results.failed_trials == 0
+    assert results.trials == 3 and results.failed_trials == 0
     (parent,), children, (tested,) = sweep_runs(tmp_path)
     assert parent.info.status == "FINISHED" and tested.info.status == "FINISHED"
     assert not [r for r in children if r.info.status == "RUNNING"]  # no orphan left RUNNING

@@ -267,9 +267,9 @@ def _start_run(tmp_path, *args):
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.conftest import ROOT, mlflow_store
 
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store(tmp_path), "PYTHONUNBUFFERED": "1"}
     command = [
         sys.executable,
         "-m",
