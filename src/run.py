@@ -208,7 +208,7 @@ def run(cfg: DictConfig, output_dir: Path, market: "Market | None" = None) -> di
                 training.meta["mlflow_run_id"] = active.info.run_id
             agent.fit(train_env, _log_metrics, evaluate, compute=compute, checkpoints=training)
             if getattr(agent, "scaling_log", None):
-                mlflow.log_text("\n".join(agent.scaling_log), "ray_scaling.txt")
+                mlflow.log_text("".join(f"{line}\n" for line in agent.scaling_log), "ray_scaling.txt")
         if cfg.mode == "paper":
             return _paper(cfg, market, train_env, agent, contract, checkpoint, output_dir)
         if multi:

@@ -153,7 +153,9 @@ class PPOAgent(Agent):
                         validation = evaluate(self)
                         metrics.update({f"val/{k}": v for k, v in validation.items()})
                         best.update(validation["sharpe"], self.actor, progress.iteration)
-                    metrics.update(self._scale(collection, metrics))
+                    if isinstance(collection, RayCollection):
+                        metrics["perf/ray_workers"] = collection.workers  # those that collected this batch
+                        self._scale(collection, metrics["perf/frames_per_second"])
                     log(metrics, progress.frames)
                     bar.update(
                         task,
@@ -199,12 +201,10 @@ class PPOAgent(Agent):
             )
         return collection
 
-    def _scale(self, collection, metrics: dict) -> dict:
-        """Ray only: the worker count, changed when the scaler decides (the reason is printed)."""
-        if not isinstance(collection, RayCollection):
-            return {}
+    def _scale(self, collection: RayCollection, frames_per_second: float) -> None:
+        """Changes the Ray worker count when the scaler decides (the reason is printed and kept)."""
         scaler = collection.scaler
-        decision = scaler.observe(metrics["perf/frames_per_second"]) if scaler else None
+        decision = scaler.observe(frames_per_second) if scaler else None
         if decision is not None:
             workers, reason = decision
             if workers > collection.workers and collection.free_cpus() < workers and scaler is not None:
@@ -215,7 +215,6 @@ class PPOAgent(Agent):
             self.scaling_log.append(line)
             if workers != collection.workers:
                 collection.restart(workers)
-        return {"perf/ray_workers": collection.workers}
 
     @torch.no_grad()
     def act(self, market: torch.Tensor, account: torch.Tensor) -> torch.Tensor:
