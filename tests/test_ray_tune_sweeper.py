@@ -69,11 +69,13 @@ def sweep_runs(tmp_path, uri: str | None = None):
     return parents, trials, tested
 
 
+SWEEP = ["--multirun", "hydra/sweeper=ray_tune", "hydra.sweeper.num_cpus=2", "hydra.sweeper.num_samples=1"]
+
+
 def sweep(uri: str, *overrides: str) -> subprocess.CompletedProcess:
-    """``python -m src.run --multirun hydra/sweeper=ray_tune`` on 2 CPUs, logging to ``uri``."""
-    command = [sys.executable, "-m", "src.run", "--multirun", "hydra/sweeper=ray_tune", "hydra.sweeper.num_cpus=2"]
+    """``python -m src.run`` with ``SWEEP`` (Ray Tune on 2 CPUs) and ``overrides``, logging to ``uri``."""
     return subprocess.run(
-        [*command, "hydra.sweeper.num_samples=1", *overrides],
+        [sys.executable, "-m", "src.run", *SWEEP, *overrides],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -163,10 +165,7 @@ def test_real_sweep_with_failing_trials_on_an_mlflow_server(tmp_path, mlflow_ser
 
 
 TINY_SWEEP = [
-    "--multirun",
-    "hydra/sweeper=ray_tune",
-    "hydra.sweeper.num_cpus=2",
-    "hydra.sweeper.num_samples=1",
+    *SWEEP,
     "hydra.sweeper.max_concurrent_trials=1",
     "agent.lr=0.001,0.0003,0.0001",
     "agent.total_frames=2048",

@@ -33,12 +33,7 @@ from src.agents.ppo import (
     minibatch_steps,
     optimiser,
 )
-from src.agents.resume import (
-    TrainingCheckpoints,
-    TrainingParts,
-    TrainingProgress,
-    cpu_copy,
-)
+from src.agents.resume import TrainingCheckpoints, TrainingParts, TrainingProgress, cpu_copy
 from src.registry import register
 from src.resources import Compute
 

@@ -29,12 +29,7 @@ from src.agents.checkpoint import check_contract
 from src.agents.collection import RayCollection, WorkerScaler, local_collector, worker_counts
 from src.agents.models import build_network
 from src.agents.monitor import Monitor
-from src.agents.resume import (
-    TrainingCheckpoints,
-    TrainingParts,
-    TrainingProgress,
-    cpu_copy,
-)
+from src.agents.resume import TrainingCheckpoints, TrainingParts, TrainingProgress, cpu_copy
 from src.envs.actions import ActionSpace
 from src.registry import register
 from src.resources import Compute
@@ -204,10 +199,10 @@ class PPOAgent(Agent):
     def _scale(self, collection: RayCollection, frames_per_second: float) -> None:
         """Changes the Ray worker count when the scaler decides (the reason is printed and kept)."""
         scaler = collection.scaler
-        decision = scaler.observe(frames_per_second) if scaler else None
-        if decision is not None:
+        decision = scaler.observe(frames_per_second) if scaler is not None else None
+        if scaler is not None and decision is not None:
             workers, reason = decision
-            if workers > collection.workers and collection.free_cpus() < workers and scaler is not None:
+            if workers > collection.workers and collection.free_cpus() < workers:
                 scaler.workers, scaler.ceiling, scaler.last_change = collection.workers, workers, None
                 workers, reason = collection.workers, f"{reason}, but the cluster has no CPUs for them"
             line = f"ray workers: {collection.workers} -> {workers}: {reason}"
