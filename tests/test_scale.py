@@ -44,51 +44,37 @@ RISKY = MarketRules(
 )
 
 
-def _run_market(market_df, threads: int, parallel: bool) -> dict:
+def _run_market(market_df, threads: int, blocks: int | None, obs_offset: int = 0) -> dict:
+    """The market's arrays after 300 steps of the serial kernel (``blocks`` None) or of the
+    parallel one cutting the envs into ``blocks``, on ``threads`` threads; the observations
+    written ``obs_offset`` floats past a 64-byte boundary (the streamed copy's unaligned head and
+    tail)."""
     numba.set_num_threads(threads)
     market = VectorMarket(market_df, feature_columns(market_df), 257, 16, RISKY, seed=5, auto_reset=True)
+    shape = market.obs.shape
+    market.use_output_buffers(obs=kernels.stream_buffer((market.obs.size + obs_offset,))[obs_offset:].reshape(shape))
     market.reset()
     targets = np.random.default_rng(1).uniform(-2, 2, size=(300, 257))
-    step = kernels.step_envs_parallel if parallel else kernels.step_envs
     for row in targets:
-        step(
-            row,
-            market.bars,
-            market._flat_features,
-            market.window,
-            market._rules,
-            True,
-            market.rng_state,
-            market.start_low,
-            market.start_high,
-            market.t,
-            market.cash,
-            market.units,
-            market.requested,
-            market.equity,
-            market.steps,
-            market.stats,
-            market.risk,
-            market._flat_obs,
-            market.account,
-            market.reward,
-            market.terminated,
-            market.truncated,
-            market.fills,
-        )
+        if blocks is None:
+            kernels.step_envs(row, *market._kernel_args(True))
+        else:
+            kernels.step_envs_parallel(row, *market._kernel_args(True), blocks)
     return market.state()
 
 
 def test_the_parallel_kernel_is_bit_identical_for_any_thread_count(market_df):
-    """prange over envs with 1 and every available thread gives the serial kernel's arrays,
-    bit for bit, with every rule on and auto-resets happening."""
+    """prange over envs with 1 and every available thread, in one block per thread or in 7,
+    gives the serial kernel's arrays bit for bit, with every rule on and auto-resets happening;
+    so do its streamed observation stores into rows on and off their alignment."""
     before = numba.get_num_threads()
+    serial = _run_market(market_df, 1, blocks=None)
     try:
-        serial = _run_market(market_df, 1, parallel=False)
         for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
-            parallel = _run_market(market_df, threads, parallel=True)
-            for name, array in serial.items():
-                assert np.array_equal(array, parallel[name]), (name, threads)
+            for blocks, obs_offset in ((threads, 0), (7, 0), (threads, 1), (7, 3)):
+                parallel = _run_market(market_df, threads, blocks, obs_offset)
+                for name, array in serial.items():
+                    assert np.array_equal(array, parallel[name]), (name, threads, blocks, obs_offset)
     finally:
         numba.set_num_threads(before)
 

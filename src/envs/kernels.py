@@ -63,6 +63,8 @@ OPEN, HIGH, LOW, CLOSE, VOLUME, SIZE, SHORT_SIZE, STOP_UNIT, FEE_SCALE, SLIPPAGE
 ) = range(20)
 N_RULES = 20
 PREFETCH_AHEAD = 8  # step_envs_parallel asks for the next bar of the env this many ahead
+STREAM_FLOATS = 8  # a streamed observation store moves 8 float32 (32 bytes, one AVX register)
+STREAM_ALIGN = 4 * STREAM_FLOATS  # bytes: where a streamed store may start
 REENTER_NEXT_BAR, REENTER_SIGNAL = 0, 1
 # columns of the per-env ``risk`` state (N, 8): distances are fractions of the entry price;
 # STOPPED is the side (+1 long, -1 short) a stop closed while ``reenter`` = signal keeps it out
@@ -93,6 +95,60 @@ def _prefetch(typingctx, array, index):
     return types.void(array, index), codegen
 
 
+def stream_buffer(shape: tuple[int, ...]) -> np.ndarray:
+    """float32 zeros of ``shape`` starting on a 64-byte boundary (numpy promises 16), so that
+    every observation row of a whole number of vectors is streamed whole (``copy_window``)."""
+    size = 4 * int(np.prod(shape))
+    raw = np.zeros(size + 64, np.uint8)
+    skip = -raw.ctypes.data % 64
+    return raw[skip : skip + size].view(np.float32).reshape(shape)
+
+
+@intrinsic
+def _address(typingctx, array):
+    """The address of ``array``'s first element, as an integer (to check its alignment)."""
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.ptrtoint(data.data, context.get_value_type(types.intp))
+
+    return types.intp(array), codegen
+
+
+@intrinsic
+def _stream_floats(typingctx, dst, dst_index, src, src_index):
+    """dst[dst_index : dst_index + STREAM_FLOATS] = src[src_index : ...] for 1-D float32 arrays,
+    stored past the caches (LLVM's non-temporal store: no read of the destination line first,
+    and the written lines do not evict the data the kernel reads). ``dst[dst_index]`` must be
+    STREAM_ALIGN-byte aligned. Other threads see the values after ``_store_fence``."""
+
+    def codegen(context, builder, signature, args):
+        dst_type, _, src_type, _ = signature.args
+        vector = ir.VectorType(ir.FloatType(), STREAM_FLOATS).as_pointer()
+        dst_data = context.make_array(dst_type)(context, builder, args[0])
+        src_data = context.make_array(src_type)(context, builder, args[2])
+        to = cgutils.get_item_pointer(context, builder, dst_type, dst_data, [args[1]], wraparound=False)
+        source = cgutils.get_item_pointer(context, builder, src_type, src_data, [args[3]], wraparound=False)
+        value = builder.load(builder.bitcast(source, vector), align=4)
+        store = builder.store(value, builder.bitcast(to, vector), align=STREAM_ALIGN)
+        store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+        return context.get_dummy_value()
+
+    return types.void(dst, dst_index, src, src_index), codegen
+
+
+@intrinsic
+def _store_fence(typingctx):
+    """A full memory fence (x86: ``mfence``): this thread's streamed stores are visible to every
+    thread before anything it does next."""
+
+    def codegen(context, builder, signature, args):
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
 @njit(cache=True, error_model="numpy")
 def _xorshift(state: np.ndarray, i: int) -> np.uint64:
     """Advance env i's xorshift64* generator; returns the next 64-bit draw."""
@@ -105,23 +161,42 @@ def _xorshift(state: np.ndarray, i: int) -> np.uint64:
 
 
 @njit(cache=True, error_model="numpy")
-def _write_obs(i, t, features, window, units, close, equity, obs, account):
-    """obs[i] = the window of feature rows t-window+1 .. t; account[i] = (position fraction,
-    log equity). ``features`` is the (T, F) matrix flattened row-major and ``obs`` the
-    (N, window, F) buffer viewed as (N, window * F), so the window is one contiguous copy."""
+def copy_window(row, features, first, stream):
+    """row[:] = features[first : first + len(row)] (1-D float32). With ``stream`` the floats are
+    stored past the caches (``_stream_floats``) from the row's first STREAM_ALIGN-byte boundary
+    on, in whole vectors, and the floats before and after are copied as usual: a kernel that
+    writes many windows per step keeps the bars and features it reads in the caches. A thread
+    that streamed fences (``_store_fence``) before another reads the rows."""
+    width = row.shape[0]
+    head = min((-_address(row) % STREAM_ALIGN) // 4, width) if stream else width
+    tail = head + (width - head) // STREAM_FLOATS * STREAM_FLOATS
+    for k in range(head):  # explicit loops: numba vectorises them better than a slice copy
+        row[k] = features[first + k]
+    for k in range(head, tail, STREAM_FLOATS):
+        _stream_floats(row, k, features, first + k)
+    for k in range(tail, width):
+        row[k] = features[first + k]
+
+
+@njit(cache=True, error_model="numpy")
+def _write_obs(i, t, features, window, units, close, equity, obs, account, stream):
+    """obs[i] = the window of feature rows t-window+1 .. t (``copy_window``, ``stream``);
+    account[i] = (position fraction, log equity). ``features`` is the (T, F) matrix flattened
+    row-major and ``obs`` the (N, window, F) buffer viewed as (N, window * F), so the window is
+    one contiguous copy."""
     safe_equity = max(equity[i], MIN_EQUITY)
     width = obs.shape[1]
-    first = (t - window + 1) * (width // window)
-    row = obs[i]
-    for k in range(width):  # an explicit loop: numba vectorises it better than a slice copy
-        row[k] = features[first + k]
+    copy_window(obs[i], features, (t - window + 1) * (width // window), stream)
     account[i, 0] = units[i] * close / safe_equity
     account[i, 1] = np.log(safe_equity)
 
 
 @njit(cache=True, error_model="numpy")
-def _reset_env(i, start, bars, features, window, t, cash, units, requested, equity, steps, stats, risk, obs, account):
-    """Env i starts at bar ``start`` with all cash (1.0), no position and fresh statistics."""
+def _reset_env(
+    i, start, bars, features, window, t, cash, units, requested, equity, steps, stats, risk, obs, account, stream
+):
+    """Env i starts at bar ``start`` with all cash (1.0), no position and fresh statistics
+    (``stream``: see ``copy_window``)."""
     t[i] = start
     cash[i] = 1.0
     units[i] = 0.0
@@ -133,7 +208,7 @@ def _reset_env(i, start, bars, features, window, t, cash, units, requested, equi
     stats[i, 2] = 0.0  # EMA of squared returns (B)
     risk[i, :] = 0.0
     risk[i, BREAKER_PEAK] = 1.0
-    _write_obs(i, start, features, window, units, bars[start, CLOSE], equity, obs, account)
+    _write_obs(i, start, features, window, units, bars[start, CLOSE], equity, obs, account, stream)
 
 
 @njit(cache=True, error_model="numpy")
@@ -165,6 +240,7 @@ def reset_envs(
                 risk,
                 obs,
                 account,
+                False,
             )
 
 
@@ -312,8 +388,10 @@ def _step_env(
     terminated,
     truncated,
     fills,
+    stream,
 ):
-    """Advance env i one bar towards ``target`` (see ``step_envs``)."""
+    """Advance env i one bar towards ``target`` (see ``step_envs``; ``stream``: see
+    ``copy_window``)."""
     last_bar = bars.shape[0] - 1
     now, nxt = t[i], t[i] + 1
     o, h, l, c = bars[nxt, OPEN], bars[nxt, HIGH], bars[nxt, LOW], bars[nxt, CLOSE]
@@ -389,9 +467,10 @@ def _step_env(
             risk,
             obs,
             account,
+            stream,
         )
     else:
-        _write_obs(i, nxt, features, window, units, c, equity, obs, account)
+        _write_obs(i, nxt, features, window, units, c, equity, obs, account, stream)
 
 
 @njit(cache=True, error_model="numpy")
@@ -457,6 +536,7 @@ def step_envs(
             terminated,
             truncated,
             fills,
+            False,
         )
         finished += terminated[i] or truncated[i]
     return finished
@@ -487,46 +567,54 @@ def step_envs_parallel(
     terminated,
     truncated,
     fills,
+    blocks,
 ):
-    """``step_envs`` with the envs spread over numba's threads (``numba.set_num_threads``). Envs
-    share no state, so the result is bit-identical for any thread count. Returns how many envs
-    finished."""
+    """``step_envs`` with the envs cut into ``blocks`` contiguous blocks spread over numba's
+    threads (one block per thread: ``numba.get_num_threads()``). Envs share no state, so the
+    result is bit-identical for any thread and block count. Observation windows are streamed
+    past the caches (``copy_window``): a step writes N windows (2 KB each at 32 x 16), which
+    would otherwise evict the bars and features the next envs read; each block ends with a
+    fence. Returns how many envs finished."""
     n = targets.shape[0]
     flat_bars = bars.reshape(-1)
+    blocks = max(min(blocks, n), 1)
     finished = 0
-    for i in prange(n):
-        if i + PREFETCH_AHEAD < n:
-            first = t[i + PREFETCH_AHEAD] * bars.shape[1]  # its rows of bars t and t+1
-            for offset in range(0, 2 * bars.shape[1], 8):  # a 64-byte cache line holds 8 values
-                _prefetch(flat_bars, first + offset)
-            _prefetch(flat_bars, first + 2 * bars.shape[1] - 1)
-        _step_env(
-            i,
-            targets[i],
-            bars,
-            features,
-            window,
-            rules,
-            auto_reset,
-            rng_state,
-            start_low,
-            start_high,
-            t,
-            cash,
-            units,
-            requested,
-            equity,
-            steps,
-            stats,
-            risk,
-            obs,
-            account,
-            reward,
-            terminated,
-            truncated,
-            fills,
-        )
-        finished += terminated[i] or truncated[i]
+    for block in prange(blocks):
+        for i in range(block * n // blocks, (block + 1) * n // blocks):
+            if i + PREFETCH_AHEAD < n:
+                first = t[i + PREFETCH_AHEAD] * bars.shape[1]  # its rows of bars t and t+1
+                for offset in range(0, 2 * bars.shape[1], 8):  # a 64-byte cache line holds 8 values
+                    _prefetch(flat_bars, first + offset)
+                _prefetch(flat_bars, first + 2 * bars.shape[1] - 1)
+            _step_env(
+                i,
+                targets[i],
+                bars,
+                features,
+                window,
+                rules,
+                auto_reset,
+                rng_state,
+                start_low,
+                start_high,
+                t,
+                cash,
+                units,
+                requested,
+                equity,
+                steps,
+                stats,
+                risk,
+                obs,
+                account,
+                reward,
+                terminated,
+                truncated,
+                fills,
+                True,
+            )
+            finished += terminated[i] or truncated[i]
+        _store_fence()
     return finished
 
 
@@ -606,6 +694,7 @@ def walk_targets(
                 own_terminated,
                 own_truncated,
                 fills,
+                False,
             )
             equity_path[i, k] = equity[i]
             position_path[i, k] = account[i, 0]

@@ -6,6 +6,7 @@ Training (through the TorchRL wrapper) and the backtest both drive this class wi
 
 from dataclasses import dataclass, fields
 
+import numba
 import numpy as np
 import pandas as pd
 
@@ -184,7 +185,7 @@ class VectorMarket(EvolvingArrays):
         self.risk = np.zeros((n, kernels.N_RISK))
         self.reward = np.zeros(n, np.float32)
         self.terminated, self.truncated = np.zeros(n, np.bool_), np.zeros(n, np.bool_)
-        self.obs = np.zeros((n, window_size, len(feature_columns)), np.float32)
+        self.obs = kernels.stream_buffer((n, window_size, len(feature_columns)))
         self.account = np.zeros((n, 2), np.float32)
         self._flat_features = self.features.reshape(-1)  # views for the kernel's contiguous copy
         self._flat_obs = self.obs.reshape(n, -1)
@@ -245,8 +246,10 @@ class VectorMarket(EvolvingArrays):
     def step(self, targets: np.ndarray) -> int:
         """Move every env one bar towards ``targets`` (N,) float64, fractions of equity; returns
         how many envs finished (terminated or truncated) in this step."""
-        step = kernels.step_envs_parallel if self.num_envs >= PARALLEL_MIN_ENVS else kernels.step_envs
-        return int(step(targets, *self._kernel_args(self.auto_reset)))
+        if self.num_envs < PARALLEL_MIN_ENVS:
+            return int(kernels.step_envs(targets, *self._kernel_args(self.auto_reset)))
+        blocks = numba.get_num_threads()  # one block of envs per thread
+        return int(kernels.step_envs_parallel(*(targets, *self._kernel_args(self.auto_reset), blocks)))
 
     def _kernel_args(self, auto_reset: bool) -> tuple:
         """The market's data, rules and state in the order the step kernels take them (after the

@@ -53,8 +53,7 @@ class Impact:
 @njit(cache=True, error_model="numpy")
 def _write_market(e, t, features, window, obs):
     width = obs.shape[1]
-    first = (t - window + 1) * (width // window)
-    obs[e, :] = features[first : first + width]
+    kernels.copy_window(obs[e], features, (t - window + 1) * (width // window), False)
 
 
 @njit(cache=True, error_model="numpy")
