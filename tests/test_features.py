@@ -1,6 +1,7 @@
 """TA-Lib feature sets: no look-ahead per indicator, robust inputs, normalisation, cache."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -103,6 +104,34 @@ def test_feature_cache_is_reused_and_verified_by_content(tmp_path, caplog):
     other = next(p for p in tmp_path.glob("*.arrow") if p != path)
     shutil.copy(other, path)  # a file under the right name but with another key is refused
     assert featurize(RAW).equals(first) and len(calls) == 4
+
+
+def _mapped_ranges(path) -> list[tuple[int, int]]:
+    """The address ranges where this process maps ``path`` (Linux's /proc/self/maps)."""
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if line.endswith(str(path)):
+            low, high = line.split()[0].split("-")
+            ranges.append((int(low, 16), int(high, 16)))
+    return ranges
+
+
+def test_a_cached_frame_is_read_in_place_from_the_mapped_file(tmp_path):
+    """Every column of a reloaded feature cache, longer than pyarrow's default 64K-row batch,
+    lies in the memory-mapped file: nothing is copied (a 1M-bar reload stays well under 0.2 s)."""
+    n = 100_000
+    df = pd.DataFrame(
+        {f"$f{j}": np.random.default_rng(j).normal(size=n) for j in range(3)},
+        index=pd.date_range("2024", periods=n, freq="min", tz="UTC"),
+    )
+    path = tmp_path / "features.arrow"
+    write_frame(df, path, {"key": "k"})
+    frame, record = read_frame(path)
+    assert frame.equals(df) and record == {"key": "k"}
+    ranges = _mapped_ranges(path)
+    for column in frame.columns:
+        address = frame[column].to_numpy().ctypes.data
+        assert any(low <= address < high for low, high in ranges), column
 
 
 def test_rolling_zscore_matches_pandas_rolling_statistics():

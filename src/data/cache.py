@@ -30,7 +30,9 @@ def write_frame(df: pd.DataFrame, path: Path, metadata: dict | None = None) -> N
     os.close(handle)
     try:
         if path.suffix == ".arrow":
-            feather.write_feather(table, temporary, compression="uncompressed")
+            # one record batch: a reload maps each column whole (pyarrow copies columns that
+            # span batches, and writes 64K-row batches by default)
+            feather.write_feather(table, temporary, compression="uncompressed", chunksize=max(table.num_rows, 1))
         else:
             pq.write_table(table, temporary)
         os.replace(temporary, path)
