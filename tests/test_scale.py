@@ -155,6 +155,18 @@ def test_the_worker_scaler_removes_workers_when_throughput_falls():
     assert "fell" in decisions[-1][1] and "removing" in decisions[-1][1]
 
 
+def test_the_worker_scaler_goes_back_up_when_removing_workers_made_it_slower():
+    """A one-off dip at 4 workers removes two; 2 workers then give far less than the dipped
+    rate, so the scaler returns to 4 at its next decision rather than after a reprobe, and
+    holds there (series from a Ray Tune trial on this machine)."""
+    scaler = WorkerScaler(2, [2, 4], threshold=0.1, every=2, reprobe_every=20)
+    dipped = [3100, 3100, 9000, 9000, 9900, 9900, 8900, 8800, 2400, 2500, 9500, 9500, 9600, 9400]
+    decisions = [scaler.observe(rate) for rate in dipped]
+    assert [d[0] if d else None for d in decisions] == [None, 4, None, None, None, None, None, 2, None, 4] + [None] * 4
+    assert "removing" in decisions[7][1]
+    assert "4 -> 2 workers changed frames/s by -72% (a fall beyond 10%); back to 4" in decisions[9][1]
+
+
 def test_the_worker_scaler_probes_upwards_again_after_holding():
     """A count held for reprobe_every iterations tries the next count up again: after a
     competing trial made it remove workers, and after a failed rise set a ceiling."""

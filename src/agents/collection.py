@@ -153,7 +153,9 @@ class WorkerScaler:
     Every ``every`` iterations the mean frames/s at the current count is compared: after adding
     workers, a rise above ``threshold`` (relative) adds more, anything less goes back and marks
     the count tried as the ceiling; at an unchanged count, a fall beyond ``threshold`` from the
-    count's own earlier mean (trials competing for the machine) removes workers. A count held
+    count's own earlier mean (trials competing for the machine) removes workers, and if fewer
+    workers then give less still (beyond ``threshold``: the fall was not theirs to fix) the
+    count goes back up at once instead of waiting for a reprobe. A count held
     for ``reprobe_every`` iterations (0 = never) below the largest allowed one is probed upwards
     again, the ceiling forgotten: the machine may have freed up since. ``allowed``: the counts
     that split the envs evenly, ascending."""
@@ -195,6 +197,12 @@ class WorkerScaler:
                     before,
                     f"{before} -> {count} workers changed frames/s by {gain:+.0%} "
                     f"(not a rise above {self.threshold:.0%}); back to {before}",
+                )
+            if gain < -self.threshold:
+                return self._move(
+                    before,
+                    f"{before} -> {count} workers changed frames/s by {gain:+.0%} "
+                    f"(a fall beyond {self.threshold:.0%}); back to {before}",
                 )
             return None  # after removing workers: hold
         if earlier is not None and rate < earlier * (1.0 - self.threshold) and down:
