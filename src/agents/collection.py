@@ -185,26 +185,22 @@ class WorkerScaler:
         if change is not None:
             before, before_rate = change
             gain = rate / before_rate - 1.0
+            if before < count and gain > self.threshold:
+                return (
+                    self._move(up, f"{before} -> {count} workers raised frames/s by {gain:+.0%}; adding more")
+                    if up
+                    else None
+                )
             if before < count:
-                if gain > self.threshold:
-                    return (
-                        self._move(up, f"{before} -> {count} workers raised frames/s by {gain:+.0%}; adding more")
-                        if up
-                        else None
-                    )
                 self.ceiling = count
-                return self._move(
-                    before,
-                    f"{before} -> {count} workers changed frames/s by {gain:+.0%} "
-                    f"(not a rise above {self.threshold:.0%}); back to {before}",
-                )
-            if gain < -self.threshold:
-                return self._move(
-                    before,
-                    f"{before} -> {count} workers changed frames/s by {gain:+.0%} "
-                    f"(a fall beyond {self.threshold:.0%}); back to {before}",
-                )
-            return None  # after removing workers: hold
+                why = f"not a rise above {self.threshold:.0%}"
+            elif gain < -self.threshold:
+                why = f"a fall beyond {self.threshold:.0%}"
+            else:
+                return None  # after removing workers, no worse: hold
+            return self._move(
+                before, f"{before} -> {count} workers changed frames/s by {gain:+.0%} ({why}); back to {before}"
+            )
         if earlier is not None and rate < earlier * (1.0 - self.threshold) and down:
             return self._move(
                 down,
